@@ -1,0 +1,5 @@
+import sys
+
+from crashcart.cli import main
+
+sys.exit(main())

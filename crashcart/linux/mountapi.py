@@ -1,0 +1,127 @@
+"""Detached mounts with the new mount API (fsopen/fsmount/open_tree/move_mount).
+
+A detached mount is an fd: nothing is visible in any namespace until move_mount attaches
+it, and if the process dies first the kernel drops it. That is what lets crashcart build
+the toolbox mount on the host and attach it inside a container without leaving anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from crashcart.linux import libc, loop
+
+EROFS_MAGIC = 0xE0F5E1E2
+SQUASHFS_MAGIC = b"hsqs"
+EXT4_MAGIC = 0xEF53
+
+TOOLBOX_ATTRS = libc.MOUNT_ATTR_RDONLY | libc.MOUNT_ATTR_NOSUID | libc.MOUNT_ATTR_NODEV
+
+
+def detect_format(fd: int) -> str | None:
+    """erofs, squashfs or ext4 from the superblock magic; None when it is none of them."""
+    head = os.pread(fd, 1024 + 128, 0)
+    if head[:4] == SQUASHFS_MAGIC:
+        return "squashfs"
+    if len(head) >= 1028 and int.from_bytes(head[1024:1028], "little") == EROFS_MAGIC:
+        return "erofs"
+    if len(head) >= 1082 and int.from_bytes(head[1080:1082], "little") == EXT4_MAGIC:
+        return "ext4"
+    return None
+
+
+@dataclass
+class ImageMount:
+    fd: int  # detached mount (O_CLOEXEC); attach with move_mount or clone with open_tree
+    fmt: str
+    loop_device: str | None  # None for file-backed erofs
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _fs_create(fstype: str, options: dict[str, str], flags: tuple[str, ...] = ()) -> int:
+    fsfd = libc.fsopen(fstype)
+    try:
+        for key, value in options.items():
+            libc.fsconfig_string(fsfd, key, value)
+        for key in flags:
+            libc.fsconfig_flag(fsfd, key)
+        libc.fsconfig_create(fsfd)
+        return libc.fsmount(fsfd)
+    finally:
+        os.close(fsfd)
+
+
+def fs_mount(fstype: str, options: dict[str, str], attrs: int = 0) -> int:
+    """A new detached superblock mount of a virtual filesystem (tmpfs, proc, devpts)."""
+    fd = _fs_create(fstype, options)
+    if attrs:
+        libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, attrs)
+    return fd
+
+
+def mount_image(image_fd: int, fmt: str) -> ImageMount:
+    """Mount an open image file read-only, nosuid, nodev as a detached mount.
+
+    erofs goes file-backed (no loop device) when the kernel can; otherwise, and for squashfs
+    and ext4, through an autoclear loop device that disappears with the last unmount.
+    The source is /proc/self/fd/N so the kernel opens the very file we checked.
+    """
+    source = f"/proc/self/fd/{image_fd}"
+    if fmt == "erofs":
+        try:
+            fd = _fs_create("erofs", {"source": source})
+            return _finish(fd, fmt, None)
+        except OSError as e:
+            if e.errno not in (errno.ENOTBLK, errno.EINVAL):
+                raise
+    loop_fd, loop_path = loop.attach(image_fd)
+    try:
+        options = {"source": loop_path}
+        fd = _fs_create(fmt, options, ("ro",) if fmt == "ext4" else ())
+    finally:
+        os.close(loop_fd)  # the mount now holds the device; autoclear frees it on unmount
+    return _finish(fd, fmt, loop_path)
+
+
+def _finish(fd: int, fmt: str, loop_device: str | None) -> ImageMount:
+    try:
+        libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, TOOLBOX_ATTRS)
+    except BaseException:
+        os.close(fd)
+        raise
+    return ImageMount(fd, fmt, loop_device)
+
+
+def clone_tree(dirfd: int, path: str, recursive: bool = True) -> int:
+    """A detached copy of the mount tree at dirfd/path (a bind mount, not yet attached)."""
+    flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_SYMLINK_NOFOLLOW
+    if recursive:
+        flags |= libc.AT_RECURSIVE
+    if not path:
+        flags |= libc.AT_EMPTY_PATH
+    return libc.open_tree(dirfd, path, flags)
+
+
+def attach(mount_fd: int, target_dirfd: int, target_path: str = "") -> None:
+    """Attach a detached mount at target_dirfd/target_path (the fd itself when path is "").
+
+    Without MOVE_MOUNT_T_SYMLINKS the last component is not followed, and with an empty path
+    the mount lands exactly on the inode the caller opened and checked.
+    """
+    flags = libc.MOVE_MOUNT_F_EMPTY_PATH
+    if not target_path:
+        flags |= libc.MOVE_MOUNT_T_EMPTY_PATH
+    libc.move_mount(mount_fd, "", target_dirfd, target_path, flags)
+
+
+def have_mount_api() -> bool:
+    """Probe the way cntr does: fsopen of a bogus type is ENOSYS only without the API."""
+    try:
+        os.close(libc.fsopen("crashcart-probe"))
+    except OSError as e:
+        return e.errno != errno.ENOSYS
+    return True

@@ -1,0 +1,83 @@
+"""Namespaces of a process: open them, compare them with our own, join them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from crashcart.linux import libc
+
+# Join order: mount first (it needs host privilege over the target's mount namespace and
+# is followed by the private copy), user last: once in a child user namespace we would lose
+# the host privilege the other setns calls need. "pid" only affects children.
+KINDS: tuple[str, ...] = ("cgroup", "ipc", "uts", "net", "pid", "mnt", "time", "user")
+
+FLAGS: dict[str, int] = {
+    "cgroup": libc.CLONE_NEWCGROUP,
+    "ipc": libc.CLONE_NEWIPC,
+    "uts": libc.CLONE_NEWUTS,
+    "net": libc.CLONE_NEWNET,
+    "pid": libc.CLONE_NEWPID,
+    "mnt": libc.CLONE_NEWNS,
+    "time": libc.CLONE_NEWTIME,
+    "user": libc.CLONE_NEWUSER,
+}
+
+
+def ns_id(path: str, dir_fd: int | None = None) -> tuple[int, int]:
+    st = os.stat(path, dir_fd=dir_fd)
+    return (st.st_dev, st.st_ino)
+
+
+@dataclass
+class Namespaces:
+    """Open fds on a process's namespaces, and which of them differ from ours."""
+
+    fds: dict[str, int] = field(default_factory=dict)
+    foreign: set[str] = field(default_factory=set)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    def is_host(self) -> bool:
+        """True when the process shares every namespace with us (it is not in a container)."""
+        return not (self.foreign & {"mnt", "pid", "net", "user", "uts", "ipc"})
+
+
+def open_namespaces(proc_fd: int, kinds: tuple[str, ...] = KINDS) -> Namespaces:
+    """Open /proc/PID/ns/* through a dirfd on /proc/PID (opened and pinned by the caller).
+
+    /proc/1/ns is unreadable on some hosts, so "ours" is /proc/self/ns, read now, before any
+    setns: afterwards /proc/self may point into another pid namespace's procfs.
+    """
+    nss = Namespaces()
+    try:
+        for kind in kinds:
+            try:
+                fd = os.open(f"ns/{kind}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+            except FileNotFoundError:
+                continue  # kernel without this namespace kind (time before 5.6)
+            nss.fds[kind] = fd
+            theirs = os.fstat(fd)
+            mine = os.stat(f"/proc/self/ns/{kind}")
+            if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+                nss.foreign.add(kind)
+    except BaseException:
+        nss.close()
+        raise
+    return nss
+
+
+def join(nss: Namespaces, kinds: tuple[str, ...]) -> list[str]:
+    """setns into each foreign namespace among `kinds`, in the given order."""
+    joined = []
+    for kind in kinds:
+        if kind in nss.foreign:
+            try:
+                libc.setns(nss.fds[kind], FLAGS[kind])
+            except OSError as e:
+                raise OSError(e.errno, f"setns into the {kind} namespace: {e.strerror}") from e
+            joined.append(kind)
+    return joined

@@ -1,0 +1,136 @@
+"""Reading /proc, and pinning a process so a recycled PID is never entered.
+
+The root of procfs can be overridden with $CRASHCART_PROC so the parsers can be tested on
+a fake tree. Everything read from a container process's /proc entries is data the
+container controls: parse defensively, never follow it as a path on the host.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+
+from crashcart.linux import libc
+
+PROC = os.environ.get("CRASHCART_PROC", "/proc")
+
+
+class ProcessGone(Exception):
+    """The process exited (or its PID was recycled) while we looked at it."""
+
+
+@dataclass
+class Pinned:
+    """A process held by pidfd, with a dirfd on its /proc entry that is known to match."""
+
+    pid: int
+    pidfd: int
+    proc_fd: int
+
+    def alive(self) -> bool:
+        try:
+            libc.pidfd_send_signal(self.pidfd, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def close(self) -> None:
+        os.close(self.proc_fd)
+        os.close(self.pidfd)
+
+
+def pin(pid: int) -> Pinned:
+    """pidfd first, then /proc/PID, then check the pidfd still names a live process.
+
+    If the process had died and its PID been reused between the two opens, the pidfd would
+    report it dead (the pidfd refers to the original process, never to a successor).
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise ProcessGone(pid) from None
+    try:
+        proc_fd = os.open(f"{PROC}/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        os.close(pidfd)
+        raise ProcessGone(pid) from None
+    pinned = Pinned(pid, pidfd, proc_fd)
+    if not pinned.alive():
+        pinned.close()
+        raise ProcessGone(pid)
+    return pinned
+
+
+def read_text(name: str, dir_fd: int | None = None, limit: int = 1 << 20) -> str:
+    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
+    try:
+        return os.read(fd, limit).decode(errors="replace")
+    finally:
+        os.close(fd)
+
+
+def status_field(status: str, key: str) -> str | None:
+    for line in status.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name == key:
+            return value.strip()
+    return None
+
+
+def ns_pids(status: str) -> list[int]:
+    """NSpid from /proc/PID/status: the PID in each pid namespace, outermost first."""
+    value = status_field(status, "NSpid")
+    if not value:
+        return []
+    return [int(x) for x in value.split()]
+
+
+def cap_bounding(status: str) -> int:
+    value = status_field(status, "CapBnd")
+    return int(value, 16) if value else 0
+
+
+def parse_cgroup(text: str) -> list[tuple[str, str, str]]:
+    """Lines of /proc/PID/cgroup as (hierarchy id, controllers, path)."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[2].startswith("/"):
+            out.append((parts[0], parts[1], parts[2]))
+    return out
+
+
+def parse_id_map(text: str) -> list[tuple[int, int, int]]:
+    """uid_map/gid_map lines as (inside, outside, count)."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 3:
+            out.append((int(fields[0]), int(fields[1]), int(fields[2])))
+    return out
+
+
+def start_time(stat: str) -> int:
+    """Field 22 of /proc/PID/stat (starttime), parsed after the last ')' of comm."""
+    rest = stat[stat.rindex(")") + 2 :].split()
+    return int(rest[19])
+
+
+def pids() -> list[int]:
+    return [int(name) for name in os.listdir(PROC) if name.isdigit()]
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = read_text(f"{PROC}/{pid}/cmdline")
+    except OSError:
+        return []
+    return raw.rstrip("\0").split("\0") if raw else []
+
+
+def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass

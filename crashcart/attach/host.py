@@ -1,0 +1,205 @@
+"""The host side of a session: fork into the target's pid namespace, then wait, relay the
+terminal or pipes, forward signals, and return the command's exit status."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+
+from crashcart.attach import child, plan, relay
+from crashcart.attach.options import SessionOptions
+from crashcart.errors import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_CRASHCART,
+    EXIT_NOT_FOUND,
+    CannotExecute,
+    CommandNotFound,
+    CrashcartError,
+)
+from crashcart.linux import libc, procfs, proctitle, terminal
+from crashcart.targets.model import Target
+
+FORWARDED = (
+    signal.SIGINT,
+    signal.SIGTERM,
+    signal.SIGHUP,
+    signal.SIGQUIT,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+
+
+def wants_tty(opts: SessionOptions) -> bool:
+    if opts.tty is not None:
+        return opts.tty
+    return os.isatty(0) and os.isatty(1)
+
+
+def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
+    tty = wants_tty(opts)
+    prep = plan.prepare(target, spec_text, opts, tty)
+    try:
+        if opts.debug:
+            _print_plan(prep)
+        if tty:
+            prep.ctx.winsize = terminal.get_winsize(0 if os.isatty(0) else 1)
+        return _fork_and_wait(prep, tty)
+    finally:
+        prep.close()
+
+
+def _print_plan(prep: plan.Prepared) -> None:
+    t = prep.target
+    lines = [
+        f"+ target {t.describe()}, pid inside {prep.info.pid_inside}",
+        f"+ toolbox {prep.toolbox.fmt} mounted detached"
+        + (f" via {prep.toolbox.loop_device}" if prep.toolbox.loop_device else " (file-backed)"),
+        "+ non-dumpable, fork into the target's pid namespace",
+        *(f"+ {step.what}" for step in prep.plan),
+        "+ fork the command; this process reaps it and ends what it leaves running",
+        *(f"+ {step.what}" for step in prep.final),
+        f"+ exec {' '.join(prep.ctx.argv)} (cwd {prep.ctx.workdir})",
+    ]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
+    pipes = relay.Pipes.for_stdio() if not tty else relay.Pipes()
+    own_pidns = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    try:
+        if "pid" in prep.ctx.nss.foreign:
+            libc.setns(prep.ctx.nss.fds["pid"], libc.CLONE_NEWPID)
+        pid = os.fork()
+        if pid == 0:
+            _child_main(prep, pipes, tty)
+        libc.setns(own_pidns, libc.CLONE_NEWPID) if "pid" in prep.ctx.nss.foreign else None
+    finally:
+        os.close(own_pidns)
+    pipes.close_child_ends()
+    prep.ctx.sock.close()
+    pidfd = os.pidfd_open(pid)
+    try:
+        return _supervise(prep, pid, pidfd, pipes)
+    finally:
+        os.close(pidfd)
+
+
+def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
+    code = EXIT_CRASHCART
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # Visible in the container from now on: show neither the host's argv nor its env.
+        proctitle.scrub(f"crashcart: session supervisor for {prep.target.ref}")
+        prep.host_sock.close()
+        # If crashcart died before PDEATHSIG was armed, its end of the socket is closed.
+        # (getppid() is 0 across pid namespaces, and a pidfd cannot signal upwards.)
+        if child.peer_gone(prep.ctx.sock):
+            os._exit(EXIT_CRASHCART)
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
+            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
+        if tty:  # the host's terminal never enters the container; the pty replaces it
+            null = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+        pipes.install_child_ends()
+        # Nothing of the host but what the session needs: no pidfd or /proc dirfd of the
+        # host's procfs, no host namespace fd, nothing crashcart's caller passed in.
+        procfs.close_fds_except({0, 1, 2, *prep.ctx.fds()})
+        child.run_plan(prep.ctx, prep.plan)
+        code = child.supervise(prep.ctx, prep.final, FORWARDED)
+    except child.StepFailed as e:
+        _report(prep.ctx.sock, e.code, f"failed to attach: {e}")
+    except BaseException as e:  # noqa: BLE001 - the child must never unwind into the host's code
+        _report(prep.ctx.sock, EXIT_CRASHCART, f"failed to attach: {e!r}")
+    os._exit(code)
+
+
+def _report(sock: socket.socket, code: int, message: str) -> None:
+    try:
+        sock.send(f"E{code}:{message}".encode())
+    except OSError:
+        pass
+
+
+def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) -> int:
+    master, error = _read_messages(prep.host_sock)
+    forward = _Forwarder(pidfd)
+    old_handlers = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    mode = None
+    try:
+        if master is not None:
+            mode = terminal.make_raw(0) if os.isatty(0) else None
+            signal.signal(signal.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
+            terminal.copy_winsize(0, master)
+            relay.pump([(0, master)], [(master, 1)], pidfd)
+        elif pipes.active():
+            relay.pump(pipes.inputs(), pipes.outputs(), pidfd, pipes.close_host_end)
+        _, status = os.waitpid(pid, 0)
+    finally:
+        terminal.restore(0, mode)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+        if master is not None:
+            os.close(master)
+        pipes.close_host_ends()
+    code = os.waitstatus_to_exitcode(status)
+    if error:
+        ecode, _, message = error.partition(":")
+        if ecode == str(EXIT_NOT_FOUND):
+            raise CommandNotFound(message)
+        if ecode == str(EXIT_CANNOT_EXECUTE):
+            raise CannotExecute(message)
+        raise CrashcartError(message)
+    return 128 - code if code < 0 else code
+
+
+def _read_messages(sock: socket.socket) -> tuple[int | None, str | None]:
+    """Until the command execs (every copy of the child's end is close-on-exec or closed by
+    the supervisor, so we read EOF) or the child dies."""
+    master = None
+    error = None
+    while True:
+        data, fds = _recv(sock)
+        if not data:
+            return master, error
+        kind, body = data[:1], data[1:].decode(errors="replace")
+        if kind == b"P" and fds:
+            master = fds[0]
+        elif kind == b"E":
+            error = body
+        for fd in fds[1:] if kind == b"P" else fds:
+            os.close(fd)
+
+
+def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+    try:
+        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+    except (ConnectionResetError, InterruptedError):
+        return b"", []
+    fds: list[int] = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds += [
+                int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4)
+            ]
+    return msg, fds
+
+
+class _Forwarder:
+    """Signals to crashcart go to the command; a second SIGTERM/SIGINT kills it."""
+
+    def __init__(self, pidfd: int) -> None:
+        self.pidfd = pidfd
+        self.seen: set[int] = set()
+
+    def __call__(self, sig: int, frame: object) -> None:
+        if sig in self.seen and sig in (signal.SIGTERM, signal.SIGINT):
+            sig = signal.SIGKILL
+        self.seen.add(sig)
+        try:
+            libc.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass

@@ -1,0 +1,38 @@
+"""What the user asked of a session, as plain data."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+DEFAULT_IMAGE = "/var/lib/crashcart/crashcart.img"
+SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+RC_FILE = "/.crashcartrc"
+
+# Capability profiles. "default" keeps what the target itself may do plus what the
+# debugging tools need on it: ptrace (strace, gdb, lsof), raw sockets and interface
+# settings (tcpdump, ping, ip), reading any file and process entry (lsof, ps), signals.
+PROFILES = ("default", "restricted", "privileged")
+DEBUG_CAPS = (
+    "sys_ptrace", "net_raw", "net_admin", "dac_override", "dac_read_search", "kill",
+    "setuid", "setgid", "chown", "fowner", "sys_chroot",
+)  # fmt: skip
+
+
+def default_image() -> str:
+    return os.environ.get("CRASHCART_IMAGE") or DEFAULT_IMAGE
+
+
+@dataclass
+class SessionOptions:
+    command: list[str] = field(default_factory=list)  # empty: interactive toolbox shell
+    image: str = field(default_factory=default_image)
+    tty: bool | None = None  # None: a pty exactly when stdin and stdout are terminals
+    workdir: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None  # UID[:GID], or a name from the target's /etc/passwd
+    caps: str = "default"
+    join_cgroup: bool = True
+    allow_host: bool = False
+    quiet: bool = False
+    debug: bool = False

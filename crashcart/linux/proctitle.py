@@ -1,0 +1,38 @@
+"""Rewrite what /proc/PID/cmdline and /proc/PID/environ show for this process.
+
+The kernel reads both straight from the argument and environment areas at the top of the
+process's stack (fields 48-51 of /proc/self/stat); overwriting that memory in place is
+how setproctitle works. crashcart uses it before anything of its own becomes visible
+inside a container, so neither the host's command line nor its environment can be read
+there.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+from crashcart.linux import libc
+
+PR_SET_NAME = 15
+
+
+def _areas() -> tuple[int, int, int, int]:
+    with open("/proc/self/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state): arg_start is field 48.
+    arg_start, arg_end, env_start, env_end = (int(x) for x in fields[45:49])
+    return arg_start, arg_end, env_start, env_end
+
+
+def scrub(title: str) -> None:
+    """Replace the command line by `title`, blank the environment, set comm."""
+    arg_start, arg_end, env_start, env_end = _areas()
+    if arg_end > arg_start:
+        data = title.encode()[: arg_end - arg_start - 1]
+        ctypes.memset(arg_start, 0, arg_end - arg_start)
+        ctypes.memmove(arg_start, data, len(data))
+    if env_end > env_start:
+        ctypes.memset(env_start, 0, env_end - env_start)
+    name = ctypes.create_string_buffer(title.encode()[:15])
+    libc.prctl(PR_SET_NAME, ctypes.addressof(name))

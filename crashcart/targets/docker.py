@@ -1,0 +1,82 @@
+"""Docker: the Engine API over its unix socket (the daemon resolves names and ID prefixes)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from crashcart.errors import RuntimeAnswerError, TargetError
+from crashcart.targets import unixhttp
+from crashcart.targets.model import Target, field, matches
+
+NAME = "docker"
+
+
+def socket_path() -> str:
+    host = os.environ.get("DOCKER_HOST", "")
+    if host.startswith("unix://"):
+        return host[len("unix://") :]
+    return "/var/run/docker.sock"
+
+
+def available() -> bool:
+    return os.path.exists(socket_path())
+
+
+def _target(info: Any, query: str | None = None) -> Target:
+    where = "docker inspect"
+    cid = field(info, "Id", str, where)
+    name = field(info, "Name", str, where).lstrip("/")
+    state = field(info, "State", dict, where)
+    pid = field(state, "Pid", int, where + " State")
+    image = info.get("Config", {}).get("Image", "") if isinstance(info.get("Config"), dict) else ""
+    exact = query is None or query in (cid, name)
+    return Target(NAME, cid, name, pid, str(image), None, exact)
+
+
+def _inspect(ident: str) -> tuple[int, Any]:
+    return unixhttp.get(socket_path(), f"/containers/{unixhttp.path_quote(ident)}/json")
+
+
+def find(query: str) -> list[Target]:
+    try:
+        status, info = _inspect(query)
+    except unixhttp.Unreachable:
+        return []
+    if status == 200:
+        target = _target(info, query)
+        if not field(info, "State", dict, "docker inspect").get("Running"):
+            raise TargetError(f"docker container {target.name} is not running")
+        return [target]
+    if status == 404 and "multiple" not in _message(info).lower():
+        return []
+    if status >= 400 and "multiple" not in _message(info).lower():
+        raise RuntimeAnswerError(f"docker answered {status}: {_message(info)}")
+    return [t for t in list_running() if matches(query, t.id, [t.name])[0]]
+
+
+def _message(body: Any) -> str:
+    return str(body.get("message", "")) if isinstance(body, dict) else str(body)
+
+
+def list_running() -> list[Target]:
+    try:
+        status, items = unixhttp.get(socket_path(), "/containers/json")
+    except unixhttp.Unreachable:
+        return []
+    if status != 200 or not isinstance(items, list):
+        raise RuntimeAnswerError(f"docker answered {status} to a container list")
+    out = []
+    for item in items:
+        cid = field(item, "Id", str, "docker ps")
+        status, info = _inspect(cid)
+        if status == 200 and isinstance(info, dict) and info.get("State", {}).get("Running"):
+            out.append(_target(info))
+    return out
+
+
+def exec_argv(target: Target, argv: list[str], tty: bool, env: dict[str, str]) -> list[str]:
+    cmd = ["docker", "exec", "-i"] + (["-t"] if tty else [])
+    for key, value in env.items():
+        cmd += ["-e", f"{key}={value}"]
+    return [*cmd, target.id, *argv]

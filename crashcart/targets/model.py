@@ -1,0 +1,107 @@
+"""What a target is, how a user names one, and validation of runtime answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from crashcart.errors import RuntimeAnswerError, UsageError
+
+RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "runc")
+# When one process is known to several runtimes (Docker's containers are containerd tasks
+# too), the first in this order names it.
+PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))}
+
+
+@dataclass
+class Target:
+    runtime: str  # docker, podman, containerd, runc or pid
+    id: str
+    name: str
+    pid: int  # host PID of the container's main process
+    image: str = ""
+    namespace: str | None = None  # containerd namespace
+    exact: bool = True  # matched by full name/ID rather than by an ID prefix
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12] if len(self.id) == 64 else self.id
+
+    @property
+    def ref(self) -> str:
+        """The unambiguous spelling of this target: runtime://[ns/]id."""
+        if self.runtime == "pid":
+            return f"pid://{self.pid}"
+        ns = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.runtime}://{ns}{self.id}"
+
+    def describe(self) -> str:
+        label = self.name if self.name and self.name != self.id else self.short_id
+        return f"{self.runtime} {label} ({self.short_id}, pid {self.pid})"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A parsed TARGET argument."""
+
+    text: str
+    runtime: str | None  # forced runtime, or None to search them all
+    query: str  # name, ID or ID prefix; for runtime "pid" the PID
+    namespace: str | None = None
+
+
+def parse_spec(text: str, runtime: str | None = None) -> Spec:
+    """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | docker:// podman:// containerd://[NS/]
+    runc:// pid:// prefixed forms. --runtime forces the runtime like a prefix does."""
+    if not text or any(c in text for c in "\0\n"):
+        raise UsageError(f"invalid target {text!r}")
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        if scheme not in (*RUNTIMES, "pid"):
+            raise UsageError(
+                f"unknown runtime {scheme!r} in target {text!r}",
+                hint=f"use one of: {', '.join((*RUNTIMES, 'pid'))}",
+            )
+        if runtime and runtime != scheme:
+            raise UsageError(f"target {text!r} contradicts --runtime {runtime}")
+        runtime, query = scheme, rest
+    else:
+        query = text
+    if runtime is not None and runtime not in (*RUNTIMES, "pid"):
+        raise UsageError(f"unknown runtime {runtime!r}", hint=f"use one of: {', '.join(RUNTIMES)}")
+    namespace = None
+    if "/" in query:
+        if runtime not in (None, "containerd"):
+            raise UsageError(f"{text!r}: only containerd targets take a NAMESPACE/ID form")
+        namespace, _, query = query.partition("/")
+        runtime = "containerd"
+        if not namespace or not query or "/" in query:
+            raise UsageError(f"invalid containerd target {text!r}", hint="use NAMESPACE/ID")
+    if not query:
+        raise UsageError(f"invalid target {text!r}: nothing after the runtime")
+    if runtime == "pid" or (runtime is None and query.isdigit() and query.isascii()):
+        if not (query.isdigit() and query.isascii()) or int(query) <= 0:
+            raise UsageError(f"invalid PID {query!r}")
+        return Spec(text, "pid", str(int(query)))
+    return Spec(text, runtime, query, namespace)
+
+
+def matches(query: str, ident: str, names: list[str]) -> tuple[bool, bool]:
+    """(matched, exact): exact on a name or the full ID, inexact on an ID prefix."""
+    if query == ident or query in names:
+        return True, True
+    return ident.startswith(query), False
+
+
+def field(obj: Any, key: str, kind: type, where: str) -> Any:
+    """obj[key] checked to be of `kind`; anything else is a malformed runtime answer."""
+    if not isinstance(obj, dict):
+        raise RuntimeAnswerError(f"{where}: expected an object, got {type(obj).__name__}")
+    value = obj.get(key)
+    if kind is int and isinstance(value, bool):
+        value = None
+    if not isinstance(value, kind):
+        raise RuntimeAnswerError(
+            f"{where}: field {key!r} is missing or not a {kind.__name__} ({value!r:.60})"
+        )
+    return value

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
 
 from crashcart import __version__
 from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
@@ -90,26 +89,31 @@ FLAGS = {
 }
 
 
-@dataclass
 class Args:
-    action: str = "session"  # session, mount, unmount, exec, ps, status, cleanup, image,
-    # help, version
-    target: str | None = None
-    command: list[str] = field(default_factory=list)
-    rest: list[str] = field(default_factory=list)  # arguments of `image`
-    image: str | None = None
-    runtime: str | None = None
-    workdir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    user: str | None = None
-    caps: str = "default"
-    tty: bool | None = None
-    quiet: bool = False
-    debug: bool = False
-    join_cgroup: bool = True
-    allow_host: bool = False
-    force: bool = False
-    json: bool = False
+    """The parsed command line."""
+
+    def __init__(self) -> None:
+        # session, mount, unmount, exec, ps, status, cleanup, image, help or version
+        self.action = "session"
+        self.target: str | None = None
+        self.command: list[str] = []
+        self.rest: list[str] = []  # arguments of `image`
+        self.image: str | None = None
+        self.runtime: str | None = None
+        self.workdir: str | None = None
+        self.env: dict[str, str] = {}
+        self.user: str | None = None
+        self.caps = "default"
+        self.tty: bool | None = None
+        self.quiet = False
+        self.debug = False
+        self.join_cgroup = True
+        self.allow_host = False
+        self.force = False
+        self.json = False
+
+    def __repr__(self) -> str:
+        return f"Args({vars(self)!r})"
 
 
 def parse(argv: list[str]) -> Args:

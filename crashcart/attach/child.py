@@ -8,44 +8,60 @@ any more (its source file would not be found).
 
 from __future__ import annotations
 
-import array
+import _socket
 import errno
 import os
 import select
-import signal
-import socket
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import sys
 
 from crashcart.errors import EXIT_CANNOT_EXECUTE, EXIT_CRASHCART, EXIT_NOT_FOUND
-from crashcart.linux import caps, libc, mountapi, ns, terminal
+from crashcart.linux import caps, libc, mountapi, ns, sig, terminal
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PR_SET_CHILD_SUBREAPER = 36
 PROC_ATTRS = libc.MOUNT_ATTR_NOSUID | libc.MOUNT_ATTR_NODEV | libc.MOUNT_ATTR_NOEXEC
 
 
-@dataclass
 class Context:
     """What the child needs, opened on the host before the fork."""
 
-    nss: ns.Namespaces
-    root_fd: int  # the target's root directory (O_PATH), works for chroot runtimes too
-    toolbox_fd: int  # detached read-only toolbox mount
-    cgroup_fds: list[int]  # cgroup.procs of each of the target's cgroups, opened for write
-    sock: socket.socket  # to the host: ready, pty master, errors; closes on exec
-    tty: bool
-    winsize: bytes | None
-    argv: list[str]
-    env: dict[str, str]
-    workdir: str
-    uid: int | None
-    gid: int | None
-    groups: list[int] | None  # None: setgroups is denied in the target's user namespace
-    keep_caps: int | None  # bounding set to keep; None keeps everything
-    label: str | None  # LSM label of the target to apply on exec
-    target_tree: int = -1  # detached copy of the target's root tree, made in step 3
-    pty_slave: int = -1
-    notes: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        nss: ns.Namespaces,
+        root_fd: int,  # the target's root directory (O_PATH); right for chroot runtimes too
+        toolbox_fd: int,  # detached read-only toolbox mount
+        cgroup_fds: list[int],  # cgroup.procs of each of the target's cgroups, for writing
+        sock: _socket.socket,  # to the host: pty master, errors; closed on exec
+        tty: bool,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: str,
+        uid: int | None,
+        gid: int | None,
+        groups: list[int] | None,  # None: setgroups is denied in the target's user ns
+        keep_caps: int | None,  # bounding set to keep; None keeps everything
+        label: str | None,  # LSM label of the target to apply on exec
+    ) -> None:
+        self.nss = nss
+        self.root_fd = root_fd
+        self.toolbox_fd = toolbox_fd
+        self.cgroup_fds = cgroup_fds
+        self.sock = sock
+        self.tty = tty
+        self.winsize: bytes | None = None
+        self.argv = argv
+        self.env = env
+        self.workdir = workdir
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.keep_caps = keep_caps
+        self.label = label
+        self.target_tree = -1  # detached copy of the target's root tree
+        self.pty_slave = -1
 
     def fds(self) -> list[int]:
         return [
@@ -54,10 +70,17 @@ class Context:
         ]  # fmt: skip
 
 
-@dataclass
 class Step:
-    what: str
-    run: Callable[[Context], None]
+    """One thing the child does, with the words --debug prints for it."""
+
+    __slots__ = ("what", "run")
+
+    def __init__(self, what: str, run: Callable[[Context], None]) -> None:
+        self.what = what
+        self.run = run
+
+    def __repr__(self) -> str:
+        return f"Step({self.what!r})"
 
 
 class StepFailed(Exception):
@@ -210,13 +233,10 @@ def allocate_pty(ctx: Context) -> None:
     master, slave = terminal.open_pty("/dev/pts/ptmx")
     if ctx.winsize:
         terminal.set_winsize(slave, ctx.winsize)
-    ctx.sock.sendmsg([b"P"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, bytes(_fds(master)))])
+    rights = master.to_bytes(4, sys.byteorder)
+    ctx.sock.sendmsg([b"P"], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
     os.close(master)
     ctx.pty_slave = slave
-
-
-def _fds(*fds: int) -> memoryview:
-    return memoryview(array.array("i", fds))
 
 
 def join_user_namespace(ctx: Context) -> None:
@@ -269,8 +289,8 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
     ctx.sock.close()
     ctx.nss.close()
     _close_all([ctx.root_fd, ctx.toolbox_fd, ctx.target_tree, ctx.pty_slave])
-    for sig in forwarded:
-        signal.signal(sig, lambda sig, _frame: _kill(pid, sig))
+    for signum in forwarded:
+        sig.handle(signum, lambda signum, _frame: _kill(pid, signum))
     while True:
         wpid, status = os.waitpid(-1, 0)
         if wpid == pid:
@@ -280,18 +300,18 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
     return 128 - code if code < 0 else code
 
 
-def peer_gone(sock: socket.socket) -> bool:
+def peer_gone(sock: _socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLHUP)
     return bool(poller.poll(0))
 
 
 def _command(ctx: Context, final: list[Step], supervisor: int) -> int:
-    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
     if os.getppid() != supervisor:
         return EXIT_CRASHCART
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+    for signum in (sig.SIGPIPE, sig.SIGXFSZ, sig.SIGINT, sig.SIGTERM):
+        sig.handle(signum, sig.SIG_DFL)
     try:
         if ctx.pty_slave >= 0:
             terminal.make_controlling(ctx.pty_slave)
@@ -311,9 +331,9 @@ def _close_all(fds: list[int]) -> None:
     fds.clear()
 
 
-def _kill(pid: int, sig: int) -> None:
+def _kill(pid: int, signum: int) -> None:
     try:
-        os.kill(pid, sig)
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
 
@@ -326,7 +346,7 @@ def _end_leftovers() -> None:
         if name.isdigit() and int(name) != me:
             try:
                 if os.stat(f"/proc/{name}/ns/mnt").st_ino == mine:
-                    _kill(int(name), signal.SIGKILL)
+                    _kill(int(name), sig.SIGKILL)
             except OSError:
                 continue
     while True:

@@ -3,9 +3,8 @@ terminal or pipes, forward signals, and return the command's exit status."""
 
 from __future__ import annotations
 
+import _socket
 import os
-import signal
-import socket
 import sys
 
 from crashcart.attach import child, plan, relay
@@ -18,16 +17,16 @@ from crashcart.errors import (
     CommandNotFound,
     CrashcartError,
 )
-from crashcart.linux import libc, procfs, proctitle, terminal
+from crashcart.linux import libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
 
 FORWARDED = (
-    signal.SIGINT,
-    signal.SIGTERM,
-    signal.SIGHUP,
-    signal.SIGQUIT,
-    signal.SIGUSR1,
-    signal.SIGUSR2,
+    sig.SIGINT,
+    sig.SIGTERM,
+    sig.SIGHUP,
+    sig.SIGQUIT,
+    sig.SIGUSR1,
+    sig.SIGUSR2,
 )
 
 
@@ -90,7 +89,7 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
 def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
     code = EXIT_CRASHCART
     try:
-        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
         # Visible in the container from now on: show neither the host's argv nor its env.
         proctitle.scrub(f"crashcart: session supervisor for {prep.target.ref}")
         prep.host_sock.close()
@@ -98,8 +97,8 @@ def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
         # (getppid() is 0 across pid namespaces, and a pidfd cannot signal upwards.)
         if child.peer_gone(prep.ctx.sock):
             os._exit(EXIT_CRASHCART)
-        for sig in (signal.SIGPIPE, signal.SIGXFSZ, *FORWARDED):
-            signal.signal(sig, signal.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
+        for signum in (sig.SIGPIPE, sig.SIGXFSZ, *FORWARDED):
+            sig.handle(signum, sig.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
         if tty:  # the host's terminal never enters the container; the pty replaces it
             null = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
@@ -117,7 +116,7 @@ def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
     os._exit(code)
 
 
-def _report(sock: socket.socket, code: int, message: str) -> None:
+def _report(sock: _socket.socket, code: int, message: str) -> None:
     try:
         sock.send(f"E{code}:{message}".encode())
     except OSError:
@@ -127,12 +126,12 @@ def _report(sock: socket.socket, code: int, message: str) -> None:
 def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) -> int:
     master, error = _read_messages(prep.host_sock)
     forward = _Forwarder(pidfd)
-    old_handlers = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    old_handlers = {signum: sig.handle(signum, forward) for signum in FORWARDED}
     mode = None
     try:
         if master is not None:
             mode = terminal.make_raw(0) if os.isatty(0) else None
-            signal.signal(signal.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
+            sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
             terminal.copy_winsize(0, master)
             relay.pump([(0, master)], [(master, 1)], pidfd)
         elif pipes.active():
@@ -140,8 +139,8 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
         _, status = os.waitpid(pid, 0)
     finally:
         terminal.restore(0, mode)
-        for sig, handler in old_handlers.items():
-            signal.signal(sig, handler)
+        for signum, handler in old_handlers.items():
+            sig.handle(signum, handler)
         if master is not None:
             os.close(master)
         pipes.close_host_ends()
@@ -156,7 +155,7 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
     return 128 - code if code < 0 else code
 
 
-def _read_messages(sock: socket.socket) -> tuple[int | None, str | None]:
+def _read_messages(sock: _socket.socket) -> tuple[int | None, str | None]:
     """Until the command execs (every copy of the child's end is close-on-exec or closed by
     the supervisor, so we read EOF) or the child dies."""
     master = None
@@ -174,14 +173,14 @@ def _read_messages(sock: socket.socket) -> tuple[int | None, str | None]:
             os.close(fd)
 
 
-def _recv(sock: socket.socket) -> tuple[bytes, list[int]]:
+def _recv(sock: _socket.socket) -> tuple[bytes, list[int]]:
     try:
-        msg, anc, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * 4))
+        msg, anc, _, _ = sock.recvmsg(4096, _socket.CMSG_SPACE(4 * 4))
     except (ConnectionResetError, InterruptedError):
         return b"", []
     fds: list[int] = []
     for level, kind, data in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
             fds += [
                 int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4)
             ]
@@ -195,11 +194,11 @@ class _Forwarder:
         self.pidfd = pidfd
         self.seen: set[int] = set()
 
-    def __call__(self, sig: int, frame: object) -> None:
-        if sig in self.seen and sig in (signal.SIGTERM, signal.SIGINT):
-            sig = signal.SIGKILL
-        self.seen.add(sig)
+    def __call__(self, signum: int, frame: object) -> None:
+        if signum in self.seen and signum in (sig.SIGTERM, sig.SIGINT):
+            signum = sig.SIGKILL
+        self.seen.add(signum)
         try:
-            libc.pidfd_send_signal(self.pidfd, sig)
+            libc.pidfd_send_signal(self.pidfd, signum)
         except ProcessLookupError:
             pass

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 DEFAULT_IMAGE = "/var/lib/crashcart/crashcart.img"
 SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -23,16 +22,29 @@ def default_image() -> str:
     return os.environ.get("CRASHCART_IMAGE") or DEFAULT_IMAGE
 
 
-@dataclass
 class SessionOptions:
-    command: list[str] = field(default_factory=list)  # empty: interactive toolbox shell
-    image: str = field(default_factory=default_image)
-    tty: bool | None = None  # None: a pty exactly when stdin and stdout are terminals
-    workdir: str | None = None
-    env: dict[str, str] = field(default_factory=dict)
-    user: str | None = None  # UID[:GID], or a name from the target's /etc/passwd
-    caps: str = "default"
-    join_cgroup: bool = True
-    allow_host: bool = False
-    quiet: bool = False
-    debug: bool = False
+    def __init__(
+        self,
+        command: list[str] | None = None,  # empty: the interactive toolbox shell
+        image: str | None = None,
+        tty: bool | None = None,  # None: a pty exactly when stdin and stdout are terminals
+        workdir: str | None = None,
+        env: dict[str, str] | None = None,
+        user: str | None = None,  # UID[:GID], or a name from the target's /etc/passwd
+        caps: str = "default",
+        join_cgroup: bool = True,
+        allow_host: bool = False,
+        quiet: bool = False,
+        debug: bool = False,
+    ) -> None:
+        self.command = command or []
+        self.image = image or default_image()
+        self.tty = tty
+        self.workdir = workdir
+        self.env = env or {}
+        self.user = user
+        self.caps = caps
+        self.join_cgroup = join_cgroup
+        self.allow_host = allow_host
+        self.quiet = quiet
+        self.debug = debug

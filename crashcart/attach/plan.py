@@ -8,9 +8,8 @@ child will do, in order, so `--debug` can print it and tests can check it withou
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
-from dataclasses import dataclass
 
 from crashcart.attach import child
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
@@ -21,16 +20,24 @@ from crashcart.targets.model import Target
 NS_BEFORE_MOUNT = ("cgroup", "ipc", "uts", "net")
 
 
-@dataclass
 class TargetInfo:
     """What /proc says about the target, read once through the pinned /proc/PID dirfd."""
 
-    pid_inside: int  # the target's PID as seen in its own pid namespace
-    cap_bounding: int
-    cgroups: list[tuple[str, str, str]]
-    setgroups_allowed: bool
-    label: str | None
-    cwd: str
+    def __init__(
+        self,
+        pid_inside: int,  # the target's PID as seen in its own pid namespace
+        cap_bounding: int,
+        cgroups: list[tuple[str, str, str]],
+        setgroups_allowed: bool,
+        label: str | None,
+        cwd: str,
+    ) -> None:
+        self.pid_inside = pid_inside
+        self.cap_bounding = cap_bounding
+        self.cgroups = cgroups
+        self.setgroups_allowed = setgroups_allowed
+        self.label = label
+        self.cwd = cwd
 
 
 def read_target(pinned: procfs.Pinned) -> TargetInfo:
@@ -280,16 +287,28 @@ def final_steps(joins_user: bool) -> list[child.Step]:
     return out
 
 
-@dataclass
 class Prepared:
-    target: Target
-    pinned: procfs.Pinned
-    info: TargetInfo
-    ctx: child.Context
-    host_sock: socket.socket
-    plan: list[child.Step]
-    final: list[child.Step]
-    toolbox: mountapi.ImageMount
+    """Everything opened for a session, and its plan."""
+
+    def __init__(
+        self,
+        target: Target,
+        pinned: procfs.Pinned,
+        info: TargetInfo,
+        ctx: child.Context,
+        host_sock: _socket.socket,
+        plan: list[child.Step],
+        final: list[child.Step],
+        toolbox: mountapi.ImageMount,
+    ) -> None:
+        self.target = target
+        self.pinned = pinned
+        self.info = info
+        self.ctx = ctx
+        self.host_sock = host_sock
+        self.plan = plan
+        self.final = final
+        self.toolbox = toolbox
 
     def close(self) -> None:
         self.ctx.nss.close()
@@ -327,8 +346,8 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         opened.append(toolbox.fd)
         if not pinned.alive():
             raise TargetGone(f"{target.describe()} exited while crashcart attached")
-        host_sock, child_sock = socket.socketpair(
-            socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC
+        host_sock, child_sock = _socket.socketpair(
+            _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
         )
     except BaseException:
         for fd in opened:
@@ -343,7 +362,6 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         cgroup_fds=cgroup_fds,
         sock=child_sock,
         tty=tty,
-        winsize=None,
         argv=argv,
         env=environment(target, spec_text, info, opts),
         workdir=workdir(opts, info),

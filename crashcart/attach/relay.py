@@ -11,17 +11,19 @@ from __future__ import annotations
 import errno
 import os
 import select
-from collections.abc import Callable
-from dataclasses import dataclass, field
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 CHUNK = 1 << 16
 
 
-@dataclass
 class Pipes:
     """Per stdio fd that is a host terminal: (child end, host end) of a pipe."""
 
-    ends: dict[int, tuple[int, int]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.ends: dict[int, tuple[int, int]] = {}
 
     @classmethod
     def for_stdio(cls) -> Pipes:

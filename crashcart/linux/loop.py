@@ -76,7 +76,7 @@ def attach(image_fd: int, tries: int = 20) -> tuple[int, str]:
 
 def bound_devices() -> dict[str, str]:
     """Every bound loop device and its backing file, from sysfs."""
-    out = {}
+    out: dict[str, str] = {}
     try:
         names = os.listdir("/sys/block")
     except FileNotFoundError:

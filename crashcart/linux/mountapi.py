@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
 
 from crashcart.linux import libc, loop
 
@@ -32,11 +31,13 @@ def detect_format(fd: int) -> str | None:
     return None
 
 
-@dataclass
 class ImageMount:
-    fd: int  # detached mount (O_CLOEXEC); attach with move_mount or clone with open_tree
-    fmt: str
-    loop_device: str | None  # None for file-backed erofs
+    __slots__ = ("fd", "fmt", "loop_device")
+
+    def __init__(self, fd: int, fmt: str, loop_device: str | None) -> None:
+        self.fd = fd  # detached mount (O_CLOEXEC): attach with move_mount, clone with open_tree
+        self.fmt = fmt
+        self.loop_device = loop_device  # None for file-backed erofs
 
     def close(self) -> None:
         os.close(self.fd)

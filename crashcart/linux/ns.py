@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 
 from crashcart.linux import libc
 
@@ -29,12 +28,14 @@ def ns_id(path: str, dir_fd: int | None = None) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-@dataclass
 class Namespaces:
     """Open fds on a process's namespaces, and which of them differ from ours."""
 
-    fds: dict[str, int] = field(default_factory=dict)
-    foreign: set[str] = field(default_factory=set)
+    __slots__ = ("fds", "foreign")
+
+    def __init__(self) -> None:
+        self.fds: dict[str, int] = {}
+        self.foreign: set[str] = set()
 
     def close(self) -> None:
         for fd in self.fds.values():

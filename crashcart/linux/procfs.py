@@ -8,10 +8,8 @@ container controls: parse defensively, never follow it as a path on the host.
 from __future__ import annotations
 
 import os
-import signal
-from dataclasses import dataclass
 
-from crashcart.linux import libc
+from crashcart.linux import libc, sig
 
 PROC = os.environ.get("CRASHCART_PROC", "/proc")
 
@@ -20,13 +18,15 @@ class ProcessGone(Exception):
     """The process exited (or its PID was recycled) while we looked at it."""
 
 
-@dataclass
 class Pinned:
     """A process held by pidfd, with a dirfd on its /proc entry that is known to match."""
 
-    pid: int
-    pidfd: int
-    proc_fd: int
+    __slots__ = ("pid", "pidfd", "proc_fd")
+
+    def __init__(self, pid: int, pidfd: int, proc_fd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+        self.proc_fd = proc_fd
 
     def alive(self) -> bool:
         try:
@@ -129,9 +129,9 @@ def cmdline(pid: int) -> list[str]:
     return raw.rstrip("\0").split("\0") if raw else []
 
 
-def kill_quietly(pid: int, sig: int = signal.SIGKILL) -> None:
+def kill_quietly(pid: int, signum: int = sig.SIGKILL) -> None:
     try:
-        os.kill(pid, sig)
+        os.kill(pid, signum)
     except ProcessLookupError:
         pass
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import os
 import struct
-import termios
 
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
@@ -65,6 +64,8 @@ def copy_winsize(src: int, dst: int) -> None:
 
 def make_raw(fd: int) -> list[int | list[bytes | int]] | None:
     """Put a terminal in raw mode (cfmakeraw); return the old mode to restore, or None."""
+    import termios  # a shared library: loaded only when there is a terminal to set up
+
     try:
         old = termios.tcgetattr(fd)
     except termios.error:
@@ -88,6 +89,8 @@ def make_raw(fd: int) -> list[int | list[bytes | int]] | None:
 
 def restore(fd: int, mode: list[int | list[bytes | int]] | None) -> None:
     if mode is not None:
+        import termios
+
         try:
             termios.tcsetattr(fd, termios.TCSAFLUSH, mode)
         except termios.error:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from crashcart.errors import AmbiguousTarget, TargetError
 from crashcart.linux import procfs
 from crashcart.targets import containerd, docker, podman, runc
 from crashcart.targets.model import PRIORITY, RUNTIMES, Spec, Target, parse_spec
 
-MODULES: dict[str, ModuleType] = {
+MODULES = {
     "docker": docker,
     "podman": podman,
     "containerd": containerd,

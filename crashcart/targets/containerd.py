@@ -4,8 +4,8 @@ only fills in image names for `crashcart ps`, and only when the socket answers."
 
 from __future__ import annotations
 
+import _socket
 import os
-import socket
 
 from crashcart.linux import procfs
 from crashcart.targets.model import Target, matches
@@ -73,7 +73,7 @@ def list_running() -> list[Target]:
 
 
 def _socket_answers() -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         s.settimeout(1)
         s.connect(SOCKET)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from crashcart.errors import RuntimeAnswerError, TargetError
 from crashcart.targets import unixhttp
 from crashcart.targets.model import Target, field, matches
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NAME = "docker"
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from crashcart.errors import RuntimeAnswerError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "runc")
 # When one process is known to several runtimes (Docker's containers are containerd tasks
@@ -13,15 +14,31 @@ RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "runc")
 PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))}
 
 
-@dataclass
 class Target:
-    runtime: str  # docker, podman, containerd, runc or pid
-    id: str
-    name: str
-    pid: int  # host PID of the container's main process
-    image: str = ""
-    namespace: str | None = None  # containerd namespace
-    exact: bool = True  # matched by full name/ID rather than by an ID prefix
+    """A running container (or process) crashcart can attach to."""
+
+    __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact")
+
+    def __init__(
+        self,
+        runtime: str,  # docker, podman, containerd, runc or pid
+        id: str,
+        name: str,
+        pid: int,  # host PID of the container's main process
+        image: str = "",
+        namespace: str | None = None,  # containerd namespace
+        exact: bool = True,  # matched by full name/ID rather than by an ID prefix
+    ) -> None:
+        self.runtime = runtime
+        self.id = id
+        self.name = name
+        self.pid = pid
+        self.image = image
+        self.namespace = namespace
+        self.exact = exact
+
+    def __repr__(self) -> str:
+        return f"Target({self.ref}, name={self.name!r}, pid={self.pid}, exact={self.exact})"
 
     @property
     def short_id(self) -> str:
@@ -40,14 +57,34 @@ class Target:
         return f"{self.runtime} {label} ({self.short_id}, pid {self.pid})"
 
 
-@dataclass(frozen=True)
 class Spec:
     """A parsed TARGET argument."""
 
-    text: str
-    runtime: str | None  # forced runtime, or None to search them all
-    query: str  # name, ID or ID prefix; for runtime "pid" the PID
-    namespace: str | None = None
+    __slots__ = ("text", "runtime", "query", "namespace")
+
+    def __init__(
+        self,
+        text: str,
+        runtime: str | None,  # forced runtime, or None to search them all
+        query: str,  # name, ID or ID prefix; for runtime "pid" the PID
+        namespace: str | None = None,
+    ) -> None:
+        self.text = text
+        self.runtime = runtime
+        self.query = query
+        self.namespace = namespace
+
+    def _key(self) -> tuple[str, str | None, str, str | None]:
+        return (self.text, self.runtime, self.query, self.namespace)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spec) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"Spec{self._key()!r}"
 
 
 def parse_spec(text: str, runtime: str | None = None) -> Spec:

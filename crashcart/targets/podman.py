@@ -4,9 +4,9 @@ container's pidfile for its PID. No podman process is started on the attach path
 
 from __future__ import annotations
 
-import json
 import os
 
+from crashcart import fastjson
 from crashcart.errors import RuntimeAnswerError
 from crashcart.linux import procfs
 from crashcart.targets.model import Target, field, matches
@@ -42,7 +42,7 @@ def _records() -> list[tuple[str, list[str], str, str]]:
         driver = os.path.basename(os.path.dirname(path)).removesuffix("-containers")
         try:
             with open(path, "rb") as f:
-                items = json.loads(f.read(64 << 20))
+                items = fastjson.loads(f.read(64 << 20))
         except (OSError, ValueError) as e:
             raise RuntimeAnswerError(f"{path}: unreadable podman container store ({e})") from None
         if not isinstance(items, list):
@@ -52,7 +52,7 @@ def _records() -> list[tuple[str, list[str], str, str]]:
             names = [n for n in item.get("names") or [] if isinstance(n, str)]
             image = ""
             try:
-                image = str(json.loads(item.get("metadata") or "{}").get("image-name", ""))
+                image = str(fastjson.loads(item.get("metadata") or "{}").get("image-name", ""))
             except (ValueError, AttributeError):
                 pass
             out.append((cid, names, image, driver))

@@ -7,9 +7,9 @@ PID is trusted only if the process still runs and started when the state file sa
 
 from __future__ import annotations
 
-import json
 import os
 
+from crashcart import fastjson
 from crashcart.errors import RuntimeAnswerError
 from crashcart.linux import procfs
 from crashcart.targets.model import Target, field, matches
@@ -36,7 +36,7 @@ def read_state(path: str) -> tuple[str, int, dict[str, str]] | None:
     """(id, pid, labels) of a live container from a runc state.json, None if it is gone."""
     try:
         with open(path, "rb") as f:
-            state = json.loads(f.read(16 << 20))
+            state = fastjson.loads(f.read(16 << 20))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
@@ -47,7 +47,7 @@ def read_state(path: str) -> tuple[str, int, dict[str, str]] | None:
     start = field(state, "init_process_start", int, where)
     if pid <= 0 or started_at(pid) != start:
         return None
-    labels = {}
+    labels: dict[str, str] = {}
     config = state.get("config")
     if isinstance(config, dict) and isinstance(config.get("labels"), list):
         for label in config["labels"]:
@@ -58,7 +58,7 @@ def read_state(path: str) -> tuple[str, int, dict[str, str]] | None:
 
 
 def list_running() -> list[Target]:
-    out = []
+    out: list[Target] = []
     try:
         names = os.listdir(root())
     except FileNotFoundError:

@@ -3,11 +3,14 @@ alone costs ~190 ms. HTTP/1.0 so the daemon answers unchunked and closes the con
 
 from __future__ import annotations
 
-import json
-import socket
-from typing import Any
+import _socket
 
+from crashcart import fastjson
 from crashcart.errors import RuntimeAnswerError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_ANSWER = 64 << 20
 
@@ -18,14 +21,14 @@ class Unreachable(Exception):
 
 def get(sock_path: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
     """(status, decoded JSON body); Unreachable when no daemon answers."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
     try:
         try:
             s.connect(sock_path)
         except (FileNotFoundError, ConnectionRefusedError) as e:
             raise Unreachable(f"{sock_path}: {e.strerror}") from None
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
+        _send_all(s, f"GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n".encode())
         chunks = []
         size = 0
         while chunk := s.recv(1 << 16):
@@ -40,6 +43,11 @@ def get(sock_path: str, path: str, timeout: float = 5.0) -> tuple[int, Any]:
     return _parse(b"".join(chunks), f"{sock_path} {path}")
 
 
+def _send_all(s: _socket.socket, data: bytes) -> None:
+    while data:
+        data = data[s.send(data) :]
+
+
 def _parse(raw: bytes, where: str) -> tuple[int, Any]:
     head, sep, body = raw.partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].split()
@@ -47,7 +55,7 @@ def _parse(raw: bytes, where: str) -> tuple[int, Any]:
         raise RuntimeAnswerError(f"{where}: not an HTTP answer ({raw[:60]!r})")
     status = int(status_line[1])
     try:
-        return status, json.loads(body) if body.strip() else None
+        return status, fastjson.loads(body) if body.strip() else None
     except ValueError:
         if status >= 400:
             return status, {"message": body.decode(errors="replace").strip()}

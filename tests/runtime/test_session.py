@@ -1,0 +1,207 @@
+"""Session mode on real containers: Docker, Podman, containerd and runc, each with the
+distroless, musl and busybox fixture images. Every attach runs under the leak checker."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests import ccrun
+from tests.runtime.conftest import target
+from tests.testbed import leakcheck as lc
+from tests.testbed.runtimes import Container, ContainerFactory
+
+# A file each fixture image has, to compare byte for byte through /target.
+SERVER = {"busybox": "/bin/busybox", "distroless": "/server", "musl": "/usr/local/bin/server"}
+
+
+def host_view(c: Container, path: str) -> bytes:
+    return Path(f"/proc/{c.pid}/root{path}").read_bytes()
+
+
+def session(c: Container, *command: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return ccrun.run(target(c), "--", *command, **kw)  # type: ignore[arg-type]
+
+
+def test_ps_lists_the_containers_processes_and_nothing_else(
+    any_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = any_container
+    inside = {p.pid for p in lc.pidns_procs(c.pid)}
+    with leakcheck(c):
+        proc = session(c, "ps", "-eo", "pid=,args=")
+    assert proc.returncode == 0, proc.stderr
+    rows = [line.split(None, 1) for line in ccrun.text(proc).splitlines() if line.strip()]
+    pids = {int(r[0]): r[1] if len(r) > 1 else "" for r in rows}
+    # PID 1 is the container's main process, by its own command line.
+    main_cmd = Path(f"/proc/{c.pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert main_cmd in pids.get(1, ""), pids
+    own = {p for p, args in pids.items() if args.startswith(("ps ", "crashcart: session"))}
+    assert len(own) == 2, f"expected ps and the session supervisor, got {pids}"
+    # Everything else is exactly the container's own processes: nothing of the host.
+    assert len(pids) - len(own) == len(inside), (pids, inside)
+    assert not any("pytest" in a or "dockerd" in a or "containerd" in a for a in pids.values())
+
+
+def test_target_files_are_byte_identical_through_target(
+    any_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = any_container
+    path = SERVER[c.image]
+    with leakcheck(c):
+        binary = session(c, "cat", f"/target{path}")
+        passwd = session(c, "cat", "/target/etc/passwd")
+    assert binary.returncode == 0, binary.stderr
+    assert hashlib.sha256(binary.stdout).digest() == hashlib.sha256(host_view(c, path)).digest()
+    assert passwd.stdout == host_view(c, "/etc/passwd")
+
+
+def test_ss_shows_the_containers_listener(
+    any_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = any_container
+    with leakcheck(c):
+        proc = session(c, "ss", "-tlnp")
+    assert proc.returncode == 0, proc.stderr
+    out = ccrun.text(proc)
+    assert re.search(r"LISTEN.*:8080\b", out), out
+    # ss -p names the owner: the container's server, seen with its in-container PID 1.
+    assert "pid=1," in out, out
+
+
+def test_exit_status_and_namespaces(
+    any_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = any_container
+    with leakcheck(c):
+        seven = session(c, "sh", "-c", "exit 7")
+        env = session(c, "sh", "-c", "echo $CRASHCART_TARGET_PID $CRASHCART_RUNTIME; hostname")
+    assert seven.returncode == 7
+    pid_inside, runtime, hostname = ccrun.text(env).split()
+    assert pid_inside == "1" and runtime == c.runtime
+    uts = os.readlink(f"/proc/{c.pid}/ns/uts")
+    with open(f"/proc/{c.pid}/root/proc/sys/kernel/hostname") as f:
+        assert hostname == f.read().strip(), uts
+
+
+def test_interactive_gdb_on_the_server_through_a_pty(
+    any_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = any_container
+    with leakcheck(c):
+        s = ccrun.PtySession(target(c))
+        try:
+            s.send(b"echo READY-$((40+2))\n")
+            s.read_until(b"READY-42")
+            s.send(b"tty; stty size; gdb -p $CRASHCART_TARGET_PID -batch -ex bt 2>&1 | tail -3\n")
+            s.send(b"echo DONE-$((20+3))\n")
+            out = s.read_until(b"DONE-23", timeout=60).decode(errors="replace")
+            s.send(b"exit 5\n")
+            status = s.wait()
+        finally:
+            s.kill()
+    assert status == 5, out
+    assert "/dev/pts/0" in out, out
+    assert "40 120" in out, out  # the window size of the test's terminal reached the pty
+    assert re.search(r"#0 .*0x[0-9a-f]+", out), out
+
+
+def test_strace_follows_a_request_to_the_server(
+    busybox_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = busybox_container
+    script = (
+        "(sleep 1; exec 3<>/dev/tcp/127.0.0.1/8080 2>/dev/null || nc 127.0.0.1 8080 </dev/null;"
+        " printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3 >/dev/null) &"
+        " timeout 4 strace -f -p 1 -e trace=accept,accept4 2>&1; true"
+    )
+    with leakcheck(c):
+        proc = session(c, "bash", "-c", script)
+    assert b"accept" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("form", ["pid", "name", "full-id", "id-prefix"])
+def test_target_forms(
+    start_container: ContainerFactory, form: str, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = start_container("docker", "distroless")
+    spec = {"pid": str(c.pid), "name": c.name, "full-id": c.id, "id-prefix": c.id[:10]}[form]
+    with leakcheck(c):
+        proc = ccrun.run(spec, "--", "cat", "/proc/1/cmdline")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(b"\0")[0] == b"/server"
+
+
+def test_unknown_target_names_the_runtimes_searched(toolbox: str) -> None:
+    proc = ccrun.run("no-such-container-anywhere", "--", "true")
+    err = proc.stderr.decode()
+    assert proc.returncode == 125
+    assert "no running container matches 'no-such-container-anywhere'" in err
+    assert "searched: docker, podman, containerd, runc" in err
+    assert "Traceback" not in err
+
+
+def test_ambiguous_prefix_across_runtimes(start_container: ContainerFactory) -> None:
+    """containerd and runc IDs are names: make two that share a prefix in two runtimes."""
+    a = start_container("containerd", "distroless")
+    b = start_container("runc", "distroless")
+    prefix = "cc-test-"
+    proc = ccrun.run(prefix, "--", "true")
+    err = proc.stderr.decode()
+    assert proc.returncode == 125, err
+    assert f"containerd://{a.namespace}/{a.id}" in err and f"runc://{b.id}" in err
+
+
+def test_command_not_found_and_not_executable(
+    distroless_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = distroless_container
+    with leakcheck(c):
+        missing = session(c, "no-such-tool")
+        not_exec = session(c, "/target/etc/passwd")
+        signalled = session(c, "sh", "-c", "kill -TERM $$")
+    assert missing.returncode == 127, missing.stderr
+    assert b"no-such-tool: executable file not found in $PATH" in missing.stderr
+    assert not_exec.returncode == 126, not_exec.stderr
+    assert signalled.returncode == 128 + 15
+
+
+def test_binary_pipes_pass_untouched(
+    distroless_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = distroless_container
+    blob = bytes(range(256)) * 4096 + b"\r\n\n\r\x00"
+    with leakcheck(c):
+        proc = session(c, "cat", input=blob)
+    assert proc.returncode == 0
+    assert proc.stdout == blob
+
+
+def test_non_root_gets_one_line_and_125(distroless_container: Container, toolbox: str) -> None:
+    c = distroless_container
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         *ccrun.argv(target(c), "--", "true")],
+        capture_output=True, env=ccrun.env(), cwd=ccrun.REPO, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 125
+    lines = proc.stderr.decode().strip().splitlines()
+    assert lines[0].startswith("crashcart: crashcart must run as root"), lines
+    assert all(line.startswith("crashcart:") for line in lines)
+
+
+def test_session_leaves_no_background_process(
+    busybox_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = busybox_container
+    with leakcheck(c):
+        proc = session(c, "sh", "-c", "sleep 300 & sleep 300 & echo started")
+        assert proc.returncode == 0
+        assert b"started" in proc.stdout
+    procs = lc.pidns_procs(c.pid)
+    assert not [p for p in procs if "sleep 300" in str(p)], procs

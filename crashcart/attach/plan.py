@@ -13,9 +13,10 @@ import os
 
 from crashcart.attach import child
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
-from crashcart.errors import ImageError, KernelError, TargetError, TargetGone, UsageError
+from crashcart.errors import TargetError, TargetGone, UsageError
 from crashcart.linux import caps, libc, mountapi, ns, procfs
 from crashcart.targets.model import Target
+from crashcart.toolbox import open_toolbox
 
 NS_BEFORE_MOUNT = ("cgroup", "ipc", "uts", "net")
 
@@ -164,46 +165,6 @@ def keep_caps(profile: str, info: TargetInfo) -> int | None:
     if profile == "restricted":
         return info.cap_bounding
     return info.cap_bounding | caps.mask(DEBUG_CAPS)
-
-
-def open_toolbox(path: str) -> mountapi.ImageMount:
-    try:
-        image_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ImageError(
-            f"toolbox image {path} does not exist",
-            hint="build one with `crashcart image build`, or pass --image PATH",
-        ) from None
-    except OSError as e:
-        raise ImageError(f"cannot open toolbox image {path}: {e.strerror}") from None
-    try:
-        return _mount_toolbox(image_fd, path)
-    finally:
-        os.close(image_fd)
-
-
-def _mount_toolbox(image_fd: int, path: str) -> mountapi.ImageMount:
-    fmt = mountapi.detect_format(image_fd)
-    if fmt is None:
-        raise ImageError(f"{path} is not a toolbox image (no erofs, squashfs or ext4 superblock)")
-    try:
-        image = mountapi.mount_image(image_fd, fmt)
-    except OSError as e:
-        if e.errno == 38:  # ENOSYS
-            raise KernelError(
-                "this kernel lacks the new mount API (fsopen/fsmount, Linux >= 5.2)"
-            ) from None
-        if e.errno == 19:  # ENODEV
-            raise ImageError(f"this kernel cannot mount {fmt} ({path})") from None
-        raise ImageError(f"cannot mount {path} ({fmt}): {e.strerror}; corrupt image?") from None
-    try:
-        os.stat("target", dir_fd=image.fd, follow_symlinks=False)
-    except OSError:
-        image.close()
-        raise ImageError(
-            f"{path} is a {fmt} image but not a crashcart toolbox (no /target)"
-        ) from None
-    return image
 
 
 def default_command(toolbox_fd: int) -> list[str]:

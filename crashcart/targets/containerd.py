@@ -110,6 +110,7 @@ def exec_argv(target: Target, argv: list[str], tty: bool, env: dict[str, str]) -
     cmd = ["ctr", "-n", target.namespace or "default", "task", "exec", "--exec-id", exec_id]
     if tty:
         cmd.append("--tty")
-    for key, value in env.items():
-        cmd += ["--env", f"{key}={value}"]
-    return [*cmd, target.id, *argv]
+    # ctr task exec has no --env: the toolbox's env(1) sets the variables.
+    envs = [f"{key}={value}" for key, value in env.items()]
+    prefix = ["/dev/crashcart/usr/bin/env", *envs] if envs else []
+    return [*cmd, target.id, *prefix, *argv]

@@ -1,0 +1,48 @@
+"""`crashcart ps`: every running container crashcart can reach, across runtimes."""
+
+from __future__ import annotations
+
+import sys
+
+from crashcart import targets
+from crashcart.sideload import state
+
+
+def rows() -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for t in targets.list_all():
+        out.append(
+            {
+                "runtime": t.runtime,
+                "namespace": t.namespace,
+                "name": t.name,
+                "id": t.id,
+                "short_id": t.short_id,
+                "image": t.image,
+                "pid": t.pid,
+                "toolbox": state.mounted_in(t.pid),
+                "target": t.ref,
+            }
+        )
+    return out
+
+
+def print_ps(as_json: bool) -> int:
+    found = rows()
+    if as_json:
+        import json
+
+        json.dump(found, sys.stdout, indent=2)
+        print()
+        return 0
+    header = ("RUNTIME", "NAME", "ID", "IMAGE", "PID", "TOOLBOX")
+    table = [header]
+    for r in found:
+        runtime = str(r["runtime"]) + (f" ({r['namespace']})" if r["namespace"] else "")
+        toolbox = "mounted" if r["toolbox"] else "-"
+        table.append((runtime, str(r["name"]), str(r["short_id"]), str(r["image"]) or "-",
+                      str(r["pid"]), toolbox))  # fmt: skip
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0

@@ -1,0 +1,391 @@
+"""Mounting the toolbox at /dev/crashcart inside a container, and removing it.
+
+The detached toolbox mount is made on the host; a forked child joins the container's
+mount namespace (and its root, for chroot-based runtimes), opens /dev and the mount point
+without following any symlink the container controls, and move_mount()s the toolbox onto
+the very directory fd it checked. Nothing but that directory is created in the container,
+and only in a /dev that is a writable, unshared tmpfs.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+from crashcart.errors import SideloadError, TargetError, TargetGone
+from crashcart.linux import libc, mountapi, ns, procfs
+from crashcart.sideload import state
+from crashcart.targets.model import Target
+from crashcart.toolbox import open_toolbox
+
+RESOLVE_SAFE = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
+DEV_TYPES = ("tmpfs", "devtmpfs")
+ChildFn = Callable[[], str]
+
+
+class Opened:
+    """A pinned target with the fds a child needs to act in its mount namespace."""
+
+    def __init__(self, target: Target, allow_host: bool = False) -> None:
+        try:
+            self.pinned = procfs.pin(target.pid)
+        except procfs.ProcessGone:
+            raise TargetGone(f"{target.describe()} is not running any more") from None
+        self.target = target
+        self.nss = ns.open_namespaces(self.pinned.proc_fd, ("mnt",))
+        if "mnt" not in self.nss.foreign and not allow_host:
+            self.close()
+            raise TargetError(
+                f"PID {target.pid} shares the host's mount namespace: /dev/crashcart would "
+                "appear on the host",
+                hint="use session mode (crashcart TARGET) for this process",
+            )
+        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+        self.root_fd = os.open("root", flags, dir_fd=self.pinned.proc_fd)
+        self.key = state.mnt_ns_key(target.pid)
+
+    def close(self) -> None:
+        self.nss.close()
+        if getattr(self, "root_fd", -1) >= 0:
+            os.close(self.root_fd)
+        self.pinned.close()
+
+    def entries(self) -> list[state.MountEntry]:
+        try:
+            return state.mountinfo(self.pinned.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            raise TargetGone(f"{self.target.describe()} exited") from None
+
+    def root_ids(self) -> tuple[int, int]:
+        """Host uid/gid of the container's root (its user namespace's 0), for the mount
+        point's owner, so it shows as root:root inside rather than as nobody."""
+        ids = []
+        for name in ("uid_map", "gid_map"):
+            mapping = procfs.parse_id_map(procfs.read_text(name, self.pinned.proc_fd))
+            ids.append(next((out for inside, out, _ in mapping if inside == 0), 0))
+        return ids[0], ids[1]
+
+    def run(self, fn: ChildFn) -> str:
+        """fn() in a child inside the target's mount namespace and root; its result."""
+        return run_in_child(lambda: _enter(self) or fn())
+
+
+def _enter(o: Opened) -> None:
+    if "mnt" in o.nss.foreign:
+        libc.setns(o.nss.fds["mnt"], libc.CLONE_NEWNS)
+    os.fchdir(o.root_fd)
+    libc.chroot(".")
+
+
+def run_in_child(fn: ChildFn) -> str:
+    """Fork, run fn in the child, return its string result; its SideloadError re-raised.
+
+    setns(mnt) is refused to multi-threaded processes and would change the caller's view
+    for good: a short-lived child does it instead."""
+    r, w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            os.write(w, b"K" + fn().encode())
+            code = 0
+        except SideloadError as e:
+            os.write(w, b"E" + str(e).encode())
+        except OSError as e:
+            os.write(w, b"E" + f"{e.strerror or e}".encode() + _name(e))
+        except BaseException as e:  # noqa: BLE001 - never unwind into the parent's code
+            os.write(w, b"E" + repr(e).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while chunk := os.read(r, 65536):
+        chunks.append(chunk)
+    os.close(r)
+    os.waitpid(pid, 0)
+    data = b"".join(chunks).decode(errors="replace")
+    if data.startswith("K"):
+        return data[1:]
+    raise SideloadError(data[1:] or "the helper process died")
+
+
+def _name(e: OSError) -> bytes:
+    return f" ({e.filename})".encode() if e.filename else b""
+
+
+def check_dev(entries: list[state.MountEntry]) -> None:
+    dev = state.mount_of(entries, "/dev")
+    if dev is None or dev.point != "/dev":
+        raise SideloadError(
+            "the container's /dev is not a mount of its own (it is part of its root "
+            "filesystem): crashcart will not create /dev/crashcart in the container's files",
+            hint="use session mode (crashcart TARGET), which writes nothing into the container",
+        )
+    if dev.fstype not in DEV_TYPES:
+        raise SideloadError(f"the container's /dev is {dev.fstype}, not a tmpfs")
+    if dev.read_only:
+        raise SideloadError(
+            "the container's /dev is read-only, and crashcart never remounts the container's "
+            "filesystems read-write",
+            hint="use session mode (crashcart TARGET), which needs no mount point",
+        )
+    if dev.shared:
+        raise SideloadError(
+            "the container's /dev is a shared mount: a mount there would propagate to other "
+            "mount namespaces (possibly the host's)",
+            hint="use session mode (crashcart TARGET)",
+        )
+
+
+def mount(target: Target, image: str, allow_host: bool = False) -> bool:
+    """Mount the toolbox at /dev/crashcart. False if one was already there (no-op)."""
+    o = Opened(target, allow_host)
+    try:
+        with state.locked(o.key):
+            return _mount_locked(o, image)
+    finally:
+        o.close()
+
+
+def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
+    entries = o.entries()
+    if state.toolbox_mounts(entries):
+        if lease:
+            record = state.read_record(o.key) or _new_record(o, "?", False)
+            record["leases"] = [*_leases(record), state.lease_for_self()]
+            state.write_record(o.key, record)
+        return False
+    check_dev(entries)
+    toolbox = open_toolbox(image)
+    try:
+        uid, gid = o.root_ids()
+        # Written before the container is touched: a run killed after the mkdir leaves
+        # "pending", which tells `crashcart cleanup` the directory is ours to remove.
+        record = _new_record(o, os.path.realpath(image), "pending")
+        if lease:
+            record["leases"] = [state.lease_for_self()]
+        state.write_record(o.key, record)
+        created = o.run(lambda: _attach(toolbox.fd, uid, gid))
+    finally:
+        toolbox.close()
+    record["created_dir"] = created == "created"
+    state.write_record(o.key, record)
+    return True
+
+
+def _new_record(o: Opened, image: str, created: bool | str) -> dict[str, object]:
+    t = o.target
+    return {
+        "target": t.ref, "runtime": t.runtime, "name": t.name, "pid": t.pid, "image": image,
+        "since": state.now(), "created_dir": created, "leases": [],
+    }  # fmt: skip
+
+
+def _leases(record: dict[str, object]) -> list[object]:
+    leases = record.get("leases")
+    return list(leases) if isinstance(leases, list) else []
+
+
+def exec_with_toolbox(
+    target: Target, image: str, run: Callable[[], int], allow_host: bool = False
+) -> tuple[int, str | None]:
+    """-e: mount (or reuse) the toolbox, run the runtime's exec, then unmount unless it was
+    mounted before or another user remains. (status, note about what was left)."""
+    o = Opened(target, allow_host)
+    try:
+        with state.locked(o.key):
+            mounted_here = _mount_locked(o, image, lease=True)
+        note = None
+        try:
+            status = run()
+        finally:
+            with state.locked(o.key):
+                record = state.read_record(o.key)
+                me = os.getpid()
+                record["leases"] = [
+                    x for x in _leases(record) if not (isinstance(x, list) and x[:1] == [me])
+                ]
+                if record:
+                    state.write_record(o.key, record)
+                if mounted_here:
+                    try:
+                        _unmount_locked(o, force=False, exclude_lease=me)
+                    except SideloadError as e:
+                        note = f"toolbox left mounted: {e}"
+        return status, note
+    finally:
+        o.close()
+
+
+def _open_dev() -> int:
+    try:
+        return libc.openat2(libc.AT_FDCWD, "/dev", os.O_PATH | os.O_DIRECTORY, RESOLVE_SAFE)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise SideloadError(
+                "the container's /dev is a symlink: crashcart will not follow it"
+            ) from None
+        raise
+
+
+def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
+    dev = _open_dev()
+    created = False
+    try:
+        st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
+    except FileNotFoundError:
+        os.mkdir("crashcart", 0o755, dir_fd=dev)
+        created = True
+        os.chown("crashcart", uid, gid, dir_fd=dev, follow_symlinks=False)
+    else:
+        refuse_existing(st, dev)
+    try:
+        point = libc.openat2(
+            dev, "crashcart", os.O_RDONLY | os.O_DIRECTORY, RESOLVE_SAFE | libc.RESOLVE_BENEATH
+        )
+        try:
+            if os.listdir(point):
+                raise SideloadError("/dev/crashcart in the container is not empty")
+            if os.fstat(point).st_dev != os.fstat(dev).st_dev:
+                raise SideloadError("something is already mounted at /dev/crashcart")
+            mountapi.attach(toolbox_fd, point)
+        finally:
+            os.close(point)
+    except BaseException:
+        if created:
+            _rmdir_quietly(dev)
+        raise
+    finally:
+        os.close(dev)
+    return "created" if created else "existing"
+
+
+def refuse_existing(st: os.stat_result, dev: int) -> None:
+    """/dev/crashcart exists and is not ours: never follow or mount over it."""
+    if stat.S_ISLNK(st.st_mode):
+        link = os.readlink("crashcart", dir_fd=dev)
+        raise SideloadError(
+            f"/dev/crashcart in the container is a symlink (to {link}): crashcart does not "
+            "follow it, and will not mount over what the container made",
+            hint="remove it inside the container, or use session mode",
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        raise SideloadError(
+            "/dev/crashcart in the container exists and is not a directory: crashcart will "
+            "not replace it",
+            hint="remove it inside the container, or use session mode",
+        )
+
+
+def _rmdir_quietly(dev: int) -> None:
+    try:
+        os.rmdir("crashcart", dir_fd=dev)
+    except OSError:
+        pass
+
+
+def users(o: Opened, entries: list[state.MountEntry]) -> list[str]:
+    """Processes of the container that run from, or hold files of, the toolbox."""
+    devs = {m.device for m in state.toolbox_mounts(entries)}
+    if not devs:
+        return []
+    pidns = os.stat(f"{procfs.PROC}/{o.pinned.pid}/ns/pid").st_ino
+    out = []
+    for pid in procfs.pids():
+        try:
+            if os.stat(f"{procfs.PROC}/{pid}/ns/pid").st_ino != pidns:
+                continue
+            if _uses(pid, devs):
+                comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()
+                out.append(f"{comm} (pid {pid})")
+        except OSError:
+            continue
+    return out
+
+
+def _uses(pid: int, devs: set[int]) -> bool:
+    base = f"{procfs.PROC}/{pid}"
+    for link in ("exe", "cwd", "root"):
+        try:
+            if os.stat(f"{base}/{link}").st_dev in devs:
+                return True
+        except OSError:
+            pass
+    try:
+        for fd in os.listdir(f"{base}/fd"):
+            try:
+                if os.stat(f"{base}/fd/{fd}").st_dev in devs:
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    wanted = {f"{os.major(d):02x}:{os.minor(d):02x}" for d in devs}
+    try:
+        maps = procfs.read_text(f"{base}/maps", limit=64 << 20)
+    except OSError:
+        return False
+    return any(len(f := line.split()) > 3 and f[3] in wanted for line in maps.splitlines())
+
+
+def unmount(target: Target, force: bool = False, allow_host: bool = False) -> str:
+    """Remove the toolbox (and the mount point crashcart made). Idempotent."""
+    o = Opened(target, allow_host)
+    try:
+        with state.locked(o.key):
+            return _unmount_locked(o, force)
+    finally:
+        o.close()
+
+
+def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) -> str:
+    entries = o.entries()
+    record = state.read_record(o.key)
+    mounted = state.toolbox_mounts(entries)
+    message = "not mounted"
+    if mounted:
+        busy = users(o, entries)
+        leases = [p for p in state.live_leases(record) if p != exclude_lease]
+        holders = busy + [f"crashcart -e (pid {p})" for p in leases]
+        if holders and not force:
+            raise SideloadError(
+                f"the toolbox is in use by {', '.join(holders)}",
+                hint="wait for them, or pass --force to detach it lazily (running tools keep "
+                "working; new ones cannot start from /dev/crashcart)",
+            )
+        lazy = bool(holders)
+        o.run(lambda: _detach(len(mounted), lazy))
+        message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
+    if record.get("created_dir") in (True, "pending"):
+        o.run(_remove_point)
+    state.drop_record(o.key)
+    return message
+
+
+def _detach(count: int, lazy: bool) -> str:
+    dev = _open_dev()
+    try:
+        os.fchdir(dev)
+        flags = libc.UMOUNT_NOFOLLOW | (libc.MNT_DETACH if lazy else 0)
+        for _ in range(count):
+            libc.umount2("crashcart", flags)
+    finally:
+        os.close(dev)
+    return "ok"
+
+
+def _remove_point() -> str:
+    """rmdir the mount point crashcart created, if it is still an empty directory."""
+    dev = _open_dev()
+    try:
+        st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and st.st_dev == os.fstat(dev).st_dev:
+            _rmdir_quietly(dev)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(dev)
+    return "ok"

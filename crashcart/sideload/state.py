@@ -1,0 +1,189 @@
+"""What crashcart knows about sideloaded toolboxes: the containers' mountinfo (the truth),
+plus host-side records (which image, since when, whether crashcart created the mount
+point, which `-e` runs use it) and a lock per target mount namespace.
+
+Records live in /run/crashcart (root only, gone at reboot, like the mounts themselves).
+They are written *before* the container is touched, so a run killed at any point leaves
+enough behind for `crashcart cleanup` to finish the job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from crashcart.linux import procfs
+
+STATE_DIR = os.environ.get("CRASHCART_STATE_DIR", "/run/crashcart")
+MOUNT_POINT = "/dev/crashcart"
+TOOLBOX_TYPES = ("erofs", "squashfs", "ext4")
+
+
+class MountEntry:
+    """One line of /proc/PID/mountinfo."""
+
+    __slots__ = ("mount_id", "parent_id", "device", "root", "point", "options", "optional",
+                 "fstype", "source", "super_options")  # fmt: skip
+
+    def __init__(self, line: str) -> None:
+        pre, _, post = line.partition(" - ")
+        fields, tail = pre.split(), post.split()
+        if len(fields) < 6 or len(tail) < 3:
+            raise ValueError(f"malformed mountinfo line: {line!r}")
+        self.mount_id = int(fields[0])
+        self.parent_id = int(fields[1])
+        major, _, minor = fields[2].partition(":")
+        self.device = os.makedev(int(major), int(minor))
+        self.root = unescape(fields[3])
+        self.point = unescape(fields[4])
+        self.options = fields[5].split(",")
+        self.optional = fields[6:]
+        self.fstype, self.source, self.super_options = tail[0], unescape(tail[1]), tail[2]
+
+    @property
+    def read_only(self) -> bool:
+        return "ro" in self.options
+
+    @property
+    def shared(self) -> bool:
+        return any(f.startswith("shared:") for f in self.optional)
+
+    def is_toolbox(self) -> bool:
+        return self.point == MOUNT_POINT and self.fstype in TOOLBOX_TYPES and self.read_only
+
+
+def unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mountinfo(pid: int) -> list[MountEntry]:
+    """The mount table as the process sees it (mount points relative to its root)."""
+    text = procfs.read_text(f"{procfs.PROC}/{pid}/mountinfo", limit=16 << 20)
+    return [MountEntry(line) for line in text.splitlines() if line.strip()]
+
+
+def toolbox_mounts(entries: list[MountEntry]) -> list[MountEntry]:
+    return [m for m in entries if m.is_toolbox()]
+
+
+def mount_of(entries: list[MountEntry], path: str) -> MountEntry | None:
+    """The mount a path lives on: the last-mounted entry whose mount point is a prefix."""
+    best: MountEntry | None = None
+    for m in entries:
+        point = m.point.rstrip("/") or "/"
+        if path == point or path.startswith(point.rstrip("/") + "/") or point == "/":
+            if best is None or len(point) >= len(best.point.rstrip("/") or "/"):
+                best = m
+    return best
+
+
+def mounted_in(pid: int) -> bool:
+    try:
+        return bool(toolbox_mounts(mountinfo(pid)))
+    except (OSError, ValueError):
+        return False
+
+
+def mnt_ns_key(pid: int) -> str:
+    """Locks and records are per mount namespace: the same container reached as
+    docker://NAME, pid://N or by ID prefix is one key."""
+    return f"mnt-{os.stat(f'{procfs.PROC}/{pid}/ns/mnt').st_ino}"
+
+
+def _dir() -> str:
+    os.makedirs(STATE_DIR, mode=0o700, exist_ok=True)
+    return STATE_DIR
+
+
+@contextmanager
+def locked(key: str) -> Iterator[None]:
+    """An exclusive lock per target, so concurrent -m/-u/-e runs serialise."""
+    fd = os.open(os.path.join(_dir(), f"{key}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _record_path(key: str) -> str:
+    return os.path.join(_dir(), f"{key}.json")
+
+
+def read_record(key: str) -> dict[str, object]:
+    try:
+        with open(_record_path(key)) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_record(key: str, record: dict[str, object]) -> None:
+    path = _record_path(key)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
+    os.replace(tmp, path)
+
+
+def drop_record(key: str) -> None:
+    for suffix in (".json", ".lock"):
+        try:
+            os.unlink(os.path.join(_dir(), key + suffix))
+        except FileNotFoundError:
+            pass
+
+
+def records() -> dict[str, dict[str, object]]:
+    out = {}
+    try:
+        names = os.listdir(STATE_DIR)
+    except FileNotFoundError:
+        return {}
+    for name in names:
+        if name.startswith("mnt-") and name.endswith(".json"):
+            out[name[: -len(".json")]] = read_record(name[: -len(".json")])
+    return out
+
+
+def live_leases(record: dict[str, object]) -> list[int]:
+    """PIDs of `crashcart -e` runs registered as users that are still alive (same start
+    time as when they registered, so a recycled PID does not count)."""
+    alive = []
+    leases = record.get("leases")
+    for lease in leases if isinstance(leases, list) else []:
+        if not isinstance(lease, list) or len(lease) != 2:
+            continue
+        pid, start = lease
+        try:
+            stat = procfs.read_text(f"{procfs.PROC}/{pid}/stat")
+        except OSError:
+            continue
+        if procfs.start_time(stat) == start:
+            alive.append(int(pid))
+    return alive
+
+
+def lease_for_self() -> list[int]:
+    pid = os.getpid()
+    return [pid, procfs.start_time(procfs.read_text(f"{procfs.PROC}/{pid}/stat"))]
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -171,7 +171,9 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         created = o.run(lambda: _attach(toolbox.fd, uid, gid))
     finally:
         toolbox.close()
-    record["created_dir"] = created == "created"
+    record["created_dir"] = created.startswith("created")
+    if created.startswith("created:"):
+        record["dev_times"] = [int(x) for x in created.split(":")[1:]]
     state.write_record(o.key, record)
     return True
 
@@ -232,14 +234,19 @@ def _open_dev() -> int:
 
 
 def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
+    """In the container: make (or check) the mount point, attach the toolbox onto it.
+    Returns "existing", or "created:ATIME:MTIME:MTIME_AFTER" (nanoseconds) so -u can put
+    /dev's times back as they were when nothing else changed /dev meanwhile."""
     dev = _open_dev()
-    created = False
+    created = ""
     try:
         st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
     except FileNotFoundError:
+        before = os.fstat(dev)
         os.mkdir("crashcart", 0o755, dir_fd=dev)
-        created = True
         os.chown("crashcart", uid, gid, dir_fd=dev, follow_symlinks=False)
+        after = os.fstat(dev).st_mtime_ns
+        created = f"created:{before.st_atime_ns}:{before.st_mtime_ns}:{after}"
     else:
         refuse_existing(st, dev)
     try:
@@ -260,7 +267,7 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
         raise
     finally:
         os.close(dev)
-    return "created" if created else "existing"
+    return created or "existing"
 
 
 def refuse_existing(st: os.stat_result, dev: int) -> None:
@@ -360,7 +367,8 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
         o.run(lambda: _detach(len(mounted), lazy))
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
     if record.get("created_dir") in (True, "pending"):
-        o.run(_remove_point)
+        times = record.get("dev_times")
+        o.run(lambda: _remove_point(times if isinstance(times, list) else None))
     state.drop_record(o.key)
     return message
 
@@ -377,13 +385,18 @@ def _detach(count: int, lazy: bool) -> str:
     return "ok"
 
 
-def _remove_point() -> str:
-    """rmdir the mount point crashcart created, if it is still an empty directory."""
+def _remove_point(times: list[int] | None) -> str:
+    """rmdir the mount point crashcart created, if it is still an empty directory, and put
+    /dev's atime/mtime back if nothing but crashcart changed /dev since."""
     dev = _open_dev()
     try:
         st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode) and st.st_dev == os.fstat(dev).st_dev:
+            untouched = times is not None and os.fstat(dev).st_mtime_ns == times[2]
             _rmdir_quietly(dev)
+            if untouched and times is not None:
+                os.fchdir(dev)
+                os.utime(".", ns=(times[0], times[1]), follow_symlinks=False)
     except FileNotFoundError:
         pass
     finally:

@@ -82,4 +82,4 @@ def exec_argv(target: Target, argv: list[str], tty: bool, env: dict[str, str]) -
     cmd = ["docker", "exec", "-i"] + (["-t"] if tty else [])
     for key, value in env.items():
         cmd += ["-e", f"{key}={value}"]
-    return [*cmd, target.id, *argv]
+    return [*cmd, target.name or target.id, *argv]

@@ -49,7 +49,6 @@ IGNORED_HOST_PREFIXES = (
     "/run/netns/",
     "/var/run/netns/",
     "/run/user/",
-    "/run/crashcart-testbed/",
 )
 PSEUDO_FS = frozenset(
     "proc sysfs cgroup cgroup2 mqueue debugfs tracefs securityfs bpf pstore configfs "

@@ -153,7 +153,7 @@ def parse(argv: list[str]) -> Args:
     positional = argv[i:]
     if args.action == "session" and positional and positional[0] in SUBCOMMANDS:
         return _subcommand(args, positional)
-    if not positional:
+    if not positional or not positional[0]:
         raise UsageError(
             "no TARGET given", hint="see crashcart --help; `crashcart ps` lists targets"
         )

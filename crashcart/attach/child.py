@@ -55,6 +55,7 @@ class Context:
         self.argv = argv
         self.env = env
         self.workdir = workdir
+        self.workdir_given = False  # -w: failing to enter it is an error, not a fallback
         self.uid = uid
         self.gid = gid
         self.groups = groups
@@ -370,7 +371,9 @@ def exec_command(ctx: Context) -> int:
     try:
         os.chdir(ctx.workdir)
     except OSError as e:
-        return _fail(ctx, EXIT_CRASHCART, f"cannot change to working directory {ctx.workdir}: {e}")
+        if ctx.workdir_given:
+            return _fail(ctx, EXIT_CRASHCART, f"cannot change to working directory: {e}")
+        os.chdir("/target")  # the target's own cwd is gone or unreachable
     argv0 = ctx.argv[0]
     candidates = [argv0] if "/" in argv0 else _path_candidates(argv0, ctx.env)
     last: OSError | None = None

@@ -47,7 +47,7 @@ def read_target(pinned: procfs.Pinned) -> TargetInfo:
         status = procfs.read_text("status", fd)
         cgroups = procfs.parse_cgroup(procfs.read_text("cgroup", fd))
         setgroups = procfs.read_text("setgroups", fd).strip() != "deny"
-        cwd = os.readlink("cwd", dir_fd=fd)
+        cwd = _inside(os.readlink("cwd", dir_fd=fd), os.readlink("root", dir_fd=fd))
     except (FileNotFoundError, ProcessLookupError):
         raise TargetGone(f"process {pinned.pid} exited while crashcart attached") from None
     nspids = procfs.ns_pids(status)
@@ -59,6 +59,18 @@ def read_target(pinned: procfs.Pinned) -> TargetInfo:
         _lsm_label(fd),
         cwd,
     )
+
+
+def _inside(path: str, root: str) -> str:
+    """A path as the target sees it: /proc/PID/cwd reads relative to *our* root, so for a
+    chroot-based container it carries the host path of the container's root first."""
+    if root in ("", "/"):
+        return path
+    if path == root:
+        return "/"
+    if path.startswith(root.rstrip("/") + "/"):
+        return path[len(root.rstrip("/")) :]
+    return "/"  # outside its root (or unreachable): start at the top
 
 
 def _lsm_label(proc_fd: int) -> str | None:
@@ -332,6 +344,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         keep_caps=keep_caps(opts.caps, info),
         label=info.label,
     )
+    ctx.workdir_given = bool(opts.workdir)
     plan = steps(nss, tty, bool(cgroup_fds), "user" in nss.foreign)
     final = final_steps("user" in nss.foreign)
     return Prepared(target, pinned, info, ctx, host_sock, plan, final, toolbox)

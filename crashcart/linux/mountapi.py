@@ -81,8 +81,9 @@ def mount_image(image_fd: int, fmt: str) -> ImageMount:
                 raise
     loop_fd, loop_path = loop.attach(image_fd)
     try:
-        options = {"source": loop_path}
-        fd = _fs_create(fmt, options, ("ro",) if fmt == "ext4" else ())
+        # "ro" on the superblock too: without it the block device is opened for writing,
+        # which a read-only loop device refuses (EACCES).
+        fd = _fs_create(fmt, {"source": loop_path}, ("ro",))
     finally:
         os.close(loop_fd)  # the mount now holds the device; autoclear frees it on unmount
     return _finish(fd, fmt, loop_path)

@@ -77,16 +77,29 @@ class PtySession:
             left = end - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no {needle!r} after {timeout}s; got:\n{self.output[-2000:]!r}")
-            ready, _, _ = select.select([self.fd], [], [], min(left, 0.2))
-            if ready:
-                try:
-                    chunk = os.read(self.fd, 65536)
-                except OSError:
-                    chunk = b""
-                if not chunk:
-                    raise EOFError(f"session ended before {needle!r}:\n{self.output[-2000:]!r}")
-                self.output += chunk
+            self._read(min(left, 0.2))
         return self.output
+
+    def wait_prompt(self, timeout: float = 30) -> None:
+        """Until the shell shows a prompt: input typed before the shell has set up its
+        terminal can be discarded by it, as a user's type-ahead can."""
+        end = time.monotonic() + timeout
+        while not self.output.rstrip(b" ").endswith((b"#", b"$")):
+            left = end - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no prompt after {timeout}s; got:\n{self.output[-2000:]!r}")
+            self._read(min(left, 0.2))
+
+    def _read(self, timeout: float) -> None:
+        ready, _, _ = select.select([self.fd], [], [], timeout)
+        if ready:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                raise EOFError(f"session ended:\n{self.output[-2000:]!r}")
+            self.output += chunk
 
     def send(self, data: bytes) -> None:
         os.write(self.fd, data)

@@ -4,7 +4,6 @@ distroless, musl and busybox fixture images. Every attach runs under the leak ch
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -99,9 +98,8 @@ def test_interactive_gdb_on_the_server_through_a_pty(
             s.wait_prompt()
             s.send(b"echo READY-$((40+2))\n")
             s.read_until(b"READY-42")
-            s.send(
-                b"tty; stty size; gdb -p $CRASHCART_TARGET_PID -batch -ex bt 2>&1 | grep -E '^#|Inferior'\n"
-            )
+            gdb = b"gdb -p $CRASHCART_TARGET_PID -batch -ex bt 2>&1 | grep -E '^#|Inferior'"
+            s.send(b"tty; stty size; " + gdb + b"\n")
             s.send(b"echo DONE-$((20+3))\n")
             out = s.read_until(b"DONE-23", timeout=60).decode(errors="replace")
             s.send(b"exit 5\n")

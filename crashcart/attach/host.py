@@ -7,6 +7,7 @@ import _socket
 import os
 import sys
 
+from crashcart import faults
 from crashcart.attach import child, plan, relay
 from crashcart.attach.options import SessionOptions
 from crashcart.errors import (
@@ -68,6 +69,7 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
     pipes = relay.Pipes.for_stdio() if not tty else relay.Pipes()
     own_pidns = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    faults.point("session:before-fork")
     try:
         if "pid" in prep.ctx.nss.foreign:
             libc.setns(prep.ctx.nss.fds["pid"], libc.CLONE_NEWPID)
@@ -108,6 +110,7 @@ def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
         # host's procfs, no host namespace fd, nothing crashcart's caller passed in.
         procfs.close_fds_except({0, 1, 2, *prep.ctx.fds()})
         child.run_plan(prep.ctx, prep.plan)
+        faults.point("session:after-setup")
         code = child.supervise(prep.ctx, prep.final, FORWARDED)
     except child.StepFailed as e:
         _report(prep.ctx.sock, e.code, f"failed to attach: {e}")

@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Callable
 
+from crashcart import faults
 from crashcart.errors import SideloadError, TargetError, TargetGone
 from crashcart.linux import libc, mountapi, ns, procfs
 from crashcart.sideload import state
@@ -168,7 +169,9 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         if lease:
             record["leases"] = [state.lease_for_self()]
         state.write_record(o.key, record)
+        faults.point("mount:after-record")
         created = o.run(lambda: _attach(toolbox.fd, uid, gid))
+        faults.point("mount:after-attach")
     finally:
         toolbox.close()
     record["created_dir"] = created.startswith("created")
@@ -201,6 +204,7 @@ def exec_with_toolbox(
         with state.locked(o.key):
             mounted_here = _mount_locked(o, image, lease=True)
         note = None
+        faults.point("exec:after-mount")
         try:
             status = run()
         finally:
@@ -247,6 +251,7 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
         os.chown("crashcart", uid, gid, dir_fd=dev, follow_symlinks=False)
         after = os.fstat(dev).st_mtime_ns
         created = f"created:{before.st_atime_ns}:{before.st_mtime_ns}:{after}"
+        faults.point("mount:after-mkdir", parent_too=True)
     else:
         refuse_existing(st, dev)
     try:

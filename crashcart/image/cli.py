@@ -1,0 +1,118 @@
+"""`crashcart image build|info`.
+
+Imports only argparse at module level: the builder's modules load when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from crashcart.errors import CrashcartError
+
+DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
+
+RECIPE_HELP = """\
+recipes:
+  default   gdb, strace, ltrace, lsof, perf, tcpdump, ip/ss, nmap, dig, curl, python3, perl,
+            vim, tmux ... (55 packages, ~150 MB)
+  minimal   bash, busybox, strace, gdb-minimal, iproute2, procps, lsof, tcpdump
+  full      default + bpftrace + tshark (~300 MB)
+  FILE      your own recipe, a plain text file:
+              # comment
+              suite = bookworm            (settings: suite, mirror, variant, format,
+              include = default            description, include)
+              gdb strace htop              (Debian package names)
+              tool: htop --version         (check-tools probe: must exit 0)
+              tool: ca = openssl version   (probe with an explicit name)
+
+The image is relocated to run from /dev/crashcart inside any container (glibc or not).
+.debs are cached in /var/cache/crashcart/debs between builds.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crashcart image", description="toolbox images")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser(
+        "build",
+        help="build a toolbox image",
+        epilog=RECIPE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("--recipe", help="default, minimal, full or a recipe FILE")
+    b.add_argument("--suite", help="Debian suite (default: the recipe's, bookworm)")
+    b.add_argument("--mirror", help="Debian mirror URL (default: http://deb.debian.org/debian)")
+    b.add_argument(
+        "--format",
+        dest="fmt",
+        choices=("erofs", "squashfs", "ext4"),
+        help="erofs (lz4hc, default; file-backed mount), squashfs (zstd), ext4",
+    )
+    b.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--from-rootfs", metavar="DIR", help="turn a root filesystem into an image")
+    src.add_argument(
+        "--from-image", metavar="REF", help="docker://REF, podman://REF or oci-archive:PATH"
+    )
+    b.add_argument("--no-cache", action="store_true", help="do not use or fill the .deb cache")
+    b.add_argument("--keep-workdir", action="store_true", help="keep the scratch rootfs")
+    i = sub.add_parser("info", help="print an image's manifest and size")
+    i.add_argument("path", nargs="?", default=DEFAULT_OUTPUT)
+    i.add_argument("--json", action="store_true", help="the whole manifest as JSON")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "build":
+            return _build(args)
+        return _info(args)
+    except CrashcartError as e:
+        print(f"crashcart: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"crashcart: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("crashcart: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build(args: argparse.Namespace) -> int:
+    from crashcart.image.build import BuildOptions, build
+    from crashcart.image.progress import Progress
+
+    opts = BuildOptions(
+        recipe=args.recipe,
+        suite=args.suite,
+        mirror=args.mirror,
+        fmt=args.fmt,
+        output=args.output,
+        from_rootfs=args.from_rootfs,
+        from_image=args.from_image,
+        keep_workdir=args.keep_workdir,
+    )
+    if args.no_cache:
+        opts.cache_dir = None
+    result = build(opts, Progress())
+    reloc = result.manifest["relocation"]
+    print(
+        f"{result.output}: {result.size / 2**20:.1f} MiB, {result.manifest['format']}, "
+        f"{len(result.manifest['packages'])} packages, {len(result.manifest['tools'])} tools"
+    )
+    for problem in reloc.get("not_relocated", []):
+        print(f"  not relocated: {problem}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from crashcart.image import manifest
+
+    data = manifest.read_manifest(args.path)
+    if args.json:
+        print(json.dumps(data, indent=1))
+    else:
+        sys.stdout.write(manifest.summary(data, args.path))
+    return 0

@@ -1,0 +1,124 @@
+"""crashcart's own files in the image: rc file, shell entry point, helpers, environment.
+
+Layout contract with the attach engine (keep it exactly):
+
+    /.crashcartrc                 bash rc for both modes
+    /shell                        `docker exec -it CTR /dev/crashcart/shell`
+    /profile -> .                 keeps `/dev/crashcart/profile/bin/bash` (original crashcart)
+    /.crashcart/env.sh            environment, sourced by the rc file and the helpers
+    /.crashcart/tools.tsv         check-tools probes
+    /.crashcart/manifest.json     see manifest.py
+    /usr/local/bin/<helpers>
+    /etc/{resolv.conf,hosts,hostname} -> ../target/etc/<same>
+    /target /proc /dev /dev/pts /sys /tmp /run   empty mount points
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from crashcart.image import environ, rootpath
+from crashcart.image.recipe import Tool
+from crashcart.image.relocate import PREFIX
+
+HELPERS = (
+    "check-tools",
+    "debug-process",
+    "trace-process",
+    "trace-network",
+    "trace-files",
+    "list-files",
+    "network-status",
+    "network-capture",
+    "container-shell",
+    "debug-in-ns",
+)
+# In session mode the toolbox's /etc is what programs read: the target's name service
+# files are what a debugger wants (its DNS servers, its /etc/hosts), so link to them.
+TARGET_ETC = ("resolv.conf", "hosts", "hostname")
+TOOLBOX_BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+
+
+def _data(name: str) -> str:
+    return resources.files("crashcart.image").joinpath(f"data/{name}").read_text()
+
+
+def _write(rootfs: str, path: str, text: str, mode: int = 0o644) -> None:
+    host = rootpath.host_path(rootfs, path)
+    os.makedirs(os.path.dirname(host), exist_ok=True)
+    if os.path.islink(host):
+        os.unlink(host)
+    with open(host, "w") as f:
+        f.write(text)
+    os.chmod(host, mode)
+
+
+def _symlink(rootfs: str, path: str, target: str) -> None:
+    host = rootpath.host_path(rootfs, path)
+    if os.path.lexists(host):
+        if os.path.isdir(host) and not os.path.islink(host):
+            raise FileExistsError(host)
+        os.unlink(host)
+    os.symlink(target, host)
+
+
+def find_bash(rootfs: str) -> str | None:
+    for candidate in ("/usr/bin/bash", "/bin/bash"):
+        real = rootpath.resolve(rootfs, candidate)
+        if real:
+            return real
+    return None
+
+
+def toolbox_path(rootfs: str, prefix: str = PREFIX) -> str:
+    """PATH entries under the prefix, skipping directories that are symlinks (merged /usr)."""
+    dirs = []
+    for d in TOOLBOX_BIN_DIRS:
+        host = rootpath.host_path(rootfs, d)
+        if os.path.isdir(host) and not os.path.islink(host):
+            dirs.append(prefix + d)
+    return ":".join(dirs)
+
+
+def find_loader(rootfs: str) -> str | None:
+    for candidate in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"):
+        real = rootpath.resolve(rootfs, candidate)
+        if real:
+            return real
+    return None
+
+
+def render_env(rootfs: str, prefix: str = PREFIX) -> str:
+    variables = environ.environment(rootfs, prefix)
+    loader = find_loader(rootfs)
+    if loader:
+        variables.append(("CRASHCART_LOADER", prefix + loader))
+    text = _data("env.sh.in")
+    text = text.replace("@TOOLBOX_PATH@", toolbox_path(rootfs, prefix))
+    return text.replace("@VARIABLES@\n", environ.render_env_sh(variables))
+
+
+def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
+    """Install crashcart's files into `rootfs`; returns problems (e.g. no bash)."""
+    problems: list[str] = []
+    bash = find_bash(rootfs)
+    if bash is None:
+        problems.append("no bash in the image: /shell, .crashcartrc and the helpers need it")
+        bash = "/bin/bash"
+    if rootpath.exists(rootfs, "/usr/bin/wget"):
+        _write(rootfs, "/.crashcart/wgetrc", environ.wgetrc(prefix))
+    if rootpath.exists(rootfs, "/usr/bin/zsh") or rootpath.exists(rootfs, "/bin/zsh"):
+        _write(rootfs, "/.crashcart/zsh/.zshenv", environ.zshenv(rootfs, prefix))
+    _write(rootfs, "/.crashcart/env.sh", render_env(rootfs, prefix))
+    _write(rootfs, "/.crashcart/helpers.sh", _data("helpers.sh"))
+    _write(rootfs, "/.crashcart/tools.tsv", "".join(t.tsv() + "\n" for t in tools))
+    rc = _data("crashcartrc").replace("@HELPERS@", " ".join(HELPERS))
+    _write(rootfs, "/.crashcartrc", rc)
+    _write(rootfs, "/shell", _data("shell").replace("@BASH@", prefix + bash), 0o755)
+    for name in HELPERS:
+        _write(rootfs, f"/usr/local/bin/{name}", _data(f"helpers/{name}"), 0o755)
+    _symlink(rootfs, "/profile", ".")
+    for name in TARGET_ETC:
+        _symlink(rootfs, f"/etc/{name}", f"../target/etc/{name}")
+    return problems

@@ -4,8 +4,11 @@ distroless, musl and busybox fixture images. Every attach runs under the leak ch
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -206,3 +209,53 @@ def test_session_leaves_no_background_process(
         assert b"started" in proc.stdout
     procs = lc.pidns_procs(c.pid)
     assert not [p for p in procs if "sleep 300" in str(p)], procs
+
+
+def test_ctrl_c_goes_to_the_command_and_resize_is_forwarded(
+    busybox_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    c = busybox_container
+    with leakcheck(c):
+        s = ccrun.PtySession(target(c))
+        try:
+            s.wait_prompt()
+            s.send(b"sleep 100\n")
+            time.sleep(1)
+            s.send(b"\x03")  # Ctrl-C: SIGINT to the foreground sleep, not to crashcart
+            s.read_until(b"^C")
+            s.send(b"echo AFTER-$((1+1))\n")  # the session is still there
+            s.read_until(b"AFTER-2")
+            fcntl.ioctl(s.fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 77, 0, 0))
+            os.kill(s.pid, signal.SIGWINCH)  # a terminal emulator does both
+            time.sleep(0.5)
+            s.send(b"stty size; echo SIZE-$((2+2))\n")
+            out = s.read_until(b"SIZE-4").decode(errors="replace")
+            s.send(b"exit\n")
+            status = s.wait()
+        finally:
+            s.kill()
+    assert status == 0
+    assert "33 77" in out, out
+
+
+def test_ps_lists_containers_across_runtimes(
+    start_container: ContainerFactory, toolbox: str
+) -> None:
+    import json
+
+    made = [start_container(rt, "distroless") for rt in ("docker", "podman", "containerd", "runc")]
+    proc = ccrun.run("ps", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = {(r["runtime"], r["pid"]): r for r in json.loads(proc.stdout)}
+    for c in made:
+        r = rows[(c.runtime, c.pid)]
+        assert r["id"] == c.id and r["toolbox"] is False
+        if c.runtime in ("docker", "podman"):
+            assert r["name"] == c.name and "distroless" in r["image"]
+    table = ccrun.text(ccrun.run("ps"))
+    assert table.splitlines()[0].split() == ["RUNTIME", "NAME", "ID", "IMAGE", "PID", "TOOLBOX"]
+    assert all(c.name in table or c.id[:12] in table for c in made)

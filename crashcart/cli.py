@@ -239,6 +239,10 @@ def run(args: Args) -> int:
 
 
 def run_session(args: Args) -> int:
+    from crashcart.linux.cgroups import WarmUp
+
+    # First, so the RCU grace period a cgroup join costs passes while we import and look up.
+    warmup = WarmUp() if args.join_cgroup else None
     from crashcart import targets
     from crashcart.attach.host import run_session as attach
     from crashcart.attach.options import SessionOptions, default_image
@@ -259,7 +263,7 @@ def run_session(args: Args) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
-    return attach(target, args.target, opts)
+    return attach(target, args.target, opts, warmup)
 
 
 def main(argv: list[str] | None = None) -> int:

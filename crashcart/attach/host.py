@@ -18,7 +18,7 @@ from crashcart.errors import (
     CommandNotFound,
     CrashcartError,
 )
-from crashcart.linux import libc, procfs, proctitle, sig, terminal
+from crashcart.linux import cgroups, libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
 
 FORWARDED = (
@@ -37,7 +37,9 @@ def wants_tty(opts: SessionOptions) -> bool:
     return os.isatty(0) and os.isatty(1)
 
 
-def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
+def run_session(
+    target: Target, spec_text: str, opts: SessionOptions, warmup: cgroups.WarmUp | None = None
+) -> int:
     tty = wants_tty(opts)
     prep = plan.prepare(target, spec_text, opts, tty)
     try:
@@ -45,6 +47,8 @@ def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
             _print_plan(prep)
         if tty:
             prep.ctx.winsize = terminal.get_winsize(0 if os.isatty(0) else 1)
+        if warmup is not None:
+            warmup.wait()
         return _fork_and_wait(prep, tty)
     finally:
         prep.close()

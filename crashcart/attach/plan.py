@@ -14,7 +14,7 @@ import os
 from crashcart.attach import child
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
 from crashcart.errors import TargetError, TargetGone, UsageError
-from crashcart.linux import caps, libc, mountapi, ns, procfs
+from crashcart.linux import caps, cgroups, libc, mountapi, ns, procfs
 from crashcart.targets.model import Target
 from crashcart.toolbox import open_toolbox
 
@@ -82,37 +82,15 @@ def _lsm_label(proc_fd: int) -> str | None:
     return None if label in ("", "unconfined", "kernel") else label
 
 
-def cgroup_mounts(mountinfo: str) -> dict[str, str]:
-    """Host mount point of each cgroup hierarchy, keyed like /proc/PID/cgroup's second
-    field: "memory", "cpu,cpuacct", "name=systemd"; "" for cgroup2."""
-    out: dict[str, str] = {}
-    for line in mountinfo.splitlines():
-        pre, sep, post = line.partition(" - ")
-        if not sep:
-            continue
-        fields, tail = pre.split(), post.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        if tail[0] == "cgroup2":
-            out.setdefault("", fields[4])
-        elif tail[0] == "cgroup":
-            opts = tail[2].split(",")
-            ctrls = [
-                o for o in opts if o not in ("rw", "ro") and "=" not in o or o.startswith("name=")
-            ]
-            out.setdefault(",".join(sorted(ctrls)), fields[4])
-    return out
-
-
 def open_cgroup_files(info: TargetInfo) -> list[int]:
     ours = {(c, p) for _, c, p in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup"))}
-    mounts = cgroup_mounts(procfs.read_text("/proc/self/mountinfo"))
+    mounts = cgroups.mounts()
     fds = []
     try:
         for _, ctrls, path in info.cgroups:
             if (ctrls, path) in ours:
                 continue
-            base = mounts.get(",".join(sorted(ctrls.split(","))) if ctrls else "")
+            base = cgroups.find(mounts, ctrls)
             if base is None:
                 continue
             try:

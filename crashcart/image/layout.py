@@ -99,6 +99,19 @@ def render_env(rootfs: str, prefix: str = PREFIX) -> str:
     return text.replace("@VARIABLES@\n", environ.render_env_sh(variables))
 
 
+# Programs that misbehave when they read the container's /etc in sideload mode get a wrapper
+# in /usr/local/sbin, which comes before /usr/bin on the toolbox PATH.
+WRAPPERS = {"tcpdump": ("/usr/bin/tcpdump", "/usr/sbin/tcpdump")}
+
+
+def _install_wrappers(rootfs: str, prefix: str) -> None:
+    for name, candidates in WRAPPERS.items():
+        real = next((c for c in candidates if rootpath.exists(rootfs, c)), None)
+        if real is not None:
+            text = _data(f"wrappers/{name}").replace("@REAL@", prefix + real)
+            _write(rootfs, f"/usr/local/sbin/{name}", text, 0o755)
+
+
 def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     """Install crashcart's files into `rootfs`; returns problems (e.g. no bash)."""
     problems: list[str] = []
@@ -118,6 +131,7 @@ def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     _write(rootfs, "/shell", _data("shell").replace("@BASH@", prefix + bash), 0o755)
     for name in HELPERS:
         _write(rootfs, f"/usr/local/bin/{name}", _data(f"helpers/{name}"), 0o755)
+    _install_wrappers(rootfs, prefix)
     _symlink(rootfs, "/profile", ".")
     for name in TARGET_ETC:
         _symlink(rootfs, f"/etc/{name}", f"../target/etc/{name}")

@@ -14,6 +14,7 @@ import os
 import select
 import sys
 
+from crashcart import faults
 from crashcart.errors import EXIT_CANNOT_EXECUTE, EXIT_CRASHCART, EXIT_NOT_FOUND
 from crashcart.linux import caps, libc, mountapi, ns, sig, terminal
 
@@ -99,10 +100,10 @@ def join_cgroups(ctx: Context) -> None:
 
 
 def join_namespaces(kinds: tuple[str, ...]) -> Callable[[Context], None]:
-    def run(ctx: Context) -> None:
+    def join_namespaces(ctx: Context) -> None:
         ns.join(ctx.nss, kinds)
 
-    return run
+    return join_namespaces
 
 
 def clone_target_root(ctx: Context) -> None:
@@ -363,6 +364,8 @@ def run_plan(ctx: Context, steps: list[Step]) -> None:
             step.run(ctx)
         except OSError as e:
             raise StepFailed(step.what, e) from None
+        if faults.ARMED:
+            faults.point(f"session:after-{step.run.__name__}")
 
 
 def exec_command(ctx: Context) -> int:

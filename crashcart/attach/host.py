@@ -83,6 +83,7 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
         libc.setns(own_pidns, libc.CLONE_NEWPID) if "pid" in prep.ctx.nss.foreign else None
     finally:
         os.close(own_pidns)
+    faults.point("session:after-fork")
     pipes.close_child_ends()
     prep.ctx.sock.close()
     pidfd = os.pidfd_open(pid)

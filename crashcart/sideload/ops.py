@@ -370,6 +370,7 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
             )
         lazy = bool(holders)
         o.run(lambda: _detach(len(mounted), lazy))
+        faults.point("unmount:after-detach")
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
     if record.get("created_dir") in (True, "pending"):
         times = record.get("dev_times")

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 PR_SET_CHILD_SUBREAPER = 36
+# "End the session now": the supervisor's parent-death signal, and what the host sends when
+# asked twice to stop. The supervisor kills the command and everything it left running.
+SIG_END = sig.SIGRTMIN
 PROC_ATTRS = libc.MOUNT_ATTR_NOSUID | libc.MOUNT_ATTR_NODEV | libc.MOUNT_ATTR_NOEXEC
 
 
@@ -287,12 +290,17 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
             code = _command(ctx, final, supervisor)
         finally:
             os._exit(code)
-    # The supervisor keeps nothing a process of the container could use through it.
+    for signum in forwarded:
+        sig.handle(signum, lambda signum, _frame: _kill(pid, signum))
+    sig.handle(SIG_END, lambda _signum, _frame: _kill(pid, sig.SIGKILL))
+    # From here on the host's death ends the whole session (background jobs too), where
+    # SIGKILL would have ended this process alone and orphaned the rest into the target.
+    libc.prctl(libc.PR_SET_PDEATHSIG, SIG_END)
+    if peer_gone(ctx.sock):
+        _kill(pid, sig.SIGKILL)
     ctx.sock.close()
     ctx.nss.close()
     _close_all([ctx.root_fd, ctx.toolbox_fd, ctx.target_tree, ctx.pty_slave])
-    for signum in forwarded:
-        sig.handle(signum, lambda signum, _frame: _kill(pid, signum))
     while True:
         wpid, status = os.waitpid(-1, 0)
         if wpid == pid:
@@ -320,6 +328,10 @@ def _command(ctx: Context, final: list[Step], supervisor: int) -> int:
         run_plan(ctx, final)
     except StepFailed as e:
         return _fail(ctx, e.code, f"failed to attach: {e}")
+    # A change of uid or capabilities clears the parent-death signal: arm it again.
+    libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+    if os.getppid() != supervisor:
+        return EXIT_CRASHCART
     return exec_command(ctx)
 
 
@@ -341,21 +353,45 @@ def _kill(pid: int, signum: int) -> None:
 
 
 def _end_leftovers() -> None:
-    """SIGKILL every other process of this session (same private mount namespace), reap."""
-    mine = os.stat("/proc/self/ns/mnt").st_ino
+    """SIGKILL whatever the command left running, and reap it. All of it descends from this
+    process (orphans re-parent to the subreaper), which /proc/PID/stat tells without the
+    ptrace access that reading another user's /proc/PID/ns would need."""
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != me:
-            try:
-                if os.stat(f"/proc/{name}/ns/mnt").st_ino == mine:
-                    _kill(int(name), sig.SIGKILL)
-            except OSError:
-                continue
     while True:
+        for pid in _descendants(me):
+            _kill(pid, sig.SIGKILL)
         try:
-            os.waitpid(-1, 0)
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
         except ChildProcessError:
             return
+        select.select([], [], [], 0.01)  # a child being killed: let it die
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        fields = data[data.rfind(b")") + 2 :].split()
+        if len(fields) > 1:
+            children.setdefault(int(fields[1]), []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for pid in children.get(todo.pop(), ()):
+            out.append(pid)
+            todo.append(pid)
+    return out
 
 
 def run_plan(ctx: Context, steps: list[Step]) -> None:
@@ -380,6 +416,10 @@ def exec_command(ctx: Context) -> int:
     argv0 = ctx.argv[0]
     candidates = [argv0] if "/" in argv0 else _path_candidates(argv0, ctx.env)
     last: OSError | None = None
+    try:
+        ctx.sock.send(b"X")  # setup is over: from here on a failure is the command's own
+    except OSError:
+        pass
     for path in candidates:
         try:
             os.execve(path, ctx.argv, ctx.env)

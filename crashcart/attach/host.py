@@ -6,6 +6,7 @@ from __future__ import annotations
 import _socket
 import os
 import sys
+import time
 
 from crashcart import faults
 from crashcart.attach import child, plan, relay
@@ -17,6 +18,7 @@ from crashcart.errors import (
     CannotExecute,
     CommandNotFound,
     CrashcartError,
+    TargetGone,
 )
 from crashcart.linux import cgroups, libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
@@ -77,7 +79,14 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
     try:
         if "pid" in prep.ctx.nss.foreign:
             libc.setns(prep.ctx.nss.fds["pid"], libc.CLONE_NEWPID)
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            if not prep.pinned.alive():  # ENOMEM: its pid namespace has no init any more
+                raise TargetGone(
+                    f"{prep.target.describe()} exited while crashcart attached"
+                ) from None
+            raise CrashcartError(f"cannot fork into the target's pid namespace: {e}") from None
         if pid == 0:
             _child_main(prep, pipes, tty)
         libc.setns(own_pidns, libc.CLONE_NEWPID) if "pid" in prep.ctx.nss.foreign else None
@@ -132,11 +141,12 @@ def _report(sock: _socket.socket, code: int, message: str) -> None:
 
 
 def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) -> int:
-    master, error = _read_messages(prep.host_sock)
     forward = _Forwarder(pidfd)
     old_handlers = {signum: sig.handle(signum, forward) for signum in FORWARDED}
     mode = None
+    master = None
     try:
+        master, error, started = _read_messages(prep.host_sock, pid)
         if master is not None:
             mode = terminal.make_raw(0) if os.isatty(0) else None
             sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
@@ -153,6 +163,8 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
             os.close(master)
         pipes.close_host_ends()
     code = os.waitstatus_to_exitcode(status)
+    if code < 0 and started is not None:
+        _sweep(started)
     if error:
         ecode, _, message = error.partition(":")
         if ecode == str(EXIT_NOT_FOUND):
@@ -160,25 +172,56 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
         if ecode == str(EXIT_CANNOT_EXECUTE):
             raise CannotExecute(message)
         raise CrashcartError(message)
+    if started is None:
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise CrashcartError(f"the session ended before the command started ({how})")
     return 128 - code if code < 0 else code
 
 
-def _read_messages(sock: _socket.socket) -> tuple[int | None, str | None]:
+def _read_messages(
+    sock: _socket.socket, pid: int
+) -> tuple[int | None, str | None, tuple[int, int] | None]:
     """Until the command execs (every copy of the child's end is close-on-exec or closed by
-    the supervisor, so we read EOF) or the child dies."""
+    the supervisor, so we read EOF) or the child dies: the pty master, an error, and, once
+    the command is about to exec, the session's mount namespace (None before that)."""
     master = None
     error = None
+    started = None
     while True:
         data, fds = _recv(sock)
         if not data:
-            return master, error
+            return master, error, started
         kind, body = data[:1], data[1:].decode(errors="replace")
         if kind == b"P" and fds:
             master = fds[0]
         elif kind == b"E":
             error = body
+        elif kind == b"X":
+            started = _mnt_ns(pid) or (0, 0)
         for fd in fds[1:] if kind == b"P" else fds:
             os.close(fd)
+
+
+def _mnt_ns(pid: int) -> tuple[int, int] | None:
+    try:
+        st = os.stat(f"{procfs.PROC}/{pid}/ns/mnt")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _sweep(session_ns: tuple[int, int]) -> None:
+    """The supervisor was killed (by the container, say) before it could end the session:
+    end what is left of it, found by the session's private mount namespace."""
+    if session_ns == (0, 0):
+        return
+    for _ in range(100):
+        left = [p for p in procfs.pids() if _mnt_ns(p) == session_ns]
+        if not left:
+            return
+        for p in left:
+            procfs.kill_quietly(p)
+        time.sleep(0.01)
 
 
 def _recv(sock: _socket.socket) -> tuple[bytes, list[int]]:
@@ -196,16 +239,21 @@ def _recv(sock: _socket.socket) -> tuple[bytes, list[int]]:
 
 
 class _Forwarder:
-    """Signals to crashcart go to the command; a second SIGTERM/SIGINT kills it."""
+    """Signals to crashcart go to the command (through the supervisor). Asked a second time
+    to stop (SIGTERM/SIGINT), crashcart ends the whole session; a third time, it kills the
+    supervisor outright."""
 
     def __init__(self, pidfd: int) -> None:
         self.pidfd = pidfd
-        self.seen: set[int] = set()
+        self.stops = 0
 
     def __call__(self, signum: int, frame: object) -> None:
-        if signum in self.seen and signum in (sig.SIGTERM, sig.SIGINT):
-            signum = sig.SIGKILL
-        self.seen.add(signum)
+        if signum in (sig.SIGTERM, sig.SIGINT):
+            self.stops += 1
+            if self.stops == 2:
+                signum = child.SIG_END
+            elif self.stops > 2:
+                signum = sig.SIGKILL
         try:
             libc.pidfd_send_signal(self.pidfd, signum)
         except ProcessLookupError:

@@ -130,4 +130,8 @@ def _move(src: int, dst: int) -> int:
         write_all(dst, data)
     except BrokenPipeError:
         return -1
+    except OSError as e:
+        if e.errno == errno.EIO:  # a terminal that hung up
+            return -1
+        raise
     return len(data)

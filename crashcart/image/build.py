@@ -125,7 +125,7 @@ def _build_in(
     with progress.step("install packages" if p.source == "mmdebstrap" else "unpack"):
         _populate(work, rootfs, opts, p, progress)
     packages = bootstrap.installed_packages(rootfs)
-    tools = _tools(p, rootfs)
+    tools = _tools(p, opts, rootfs)
     with progress.step("trim"):
         trim.trim(rootfs)
         trim.empty_mount_points(rootfs)
@@ -196,16 +196,23 @@ def _mmdebstrap_sink(progress: Progress) -> bootstrap.LineSink:
     return sink
 
 
-def _tools(p: _Plan, rootfs: str) -> list[Tool]:
-    """The recipe's probes; for a foreign rootfs only those whose program it has."""
+def _tools(p: _Plan, opts: BuildOptions, rootfs: str) -> list[Tool]:
+    """The recipe's probes. For a foreign rootfs, only tools whose program it has; without
+    an explicit --recipe their probes become "libraries resolve" checks, since the default
+    recipe's probes assume Debian's packaging (perl modules, python stdlib ...)."""
     if p.source == "mmdebstrap":
         return p.recipe.tools
-    return [t for t in p.recipe.tools if _has_tool(rootfs, t)]
+    found = [(t, _program(rootfs, t)) for t in p.recipe.tools]
+    if opts.recipe is not None:
+        return [t for t, prog in found if prog is not None]
+    return list({prog: Tool(prog, []) for _t, prog in found if prog is not None}.values())
 
 
-def _has_tool(rootfs: str, tool: Tool) -> bool:
+def _program(rootfs: str, tool: Tool) -> str | None:
     program = tool.argv[0] if tool.argv and tool.argv[0] not in ("sh", "bash") else tool.name
-    return any(rootpath.resolve(rootfs, f"{d}/{program}") for d in layout.TOOLBOX_BIN_DIRS)
+    if any(rootpath.resolve(rootfs, f"{d}/{program}") for d in layout.TOOLBOX_BIN_DIRS):
+        return program
+    return None
 
 
 def _write_manifest(rootfs: str, data: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ SIGWINCH: int = _signal.SIGWINCH
 SIGXFSZ: int = _signal.SIGXFSZ
 SIG_DFL: int = _signal.SIG_DFL
 SIG_IGN: int = _signal.SIG_IGN
+SIGRTMIN: int = _signal.SIGRTMIN
 
 
 def handle(signum: int, handler: Handler) -> Handler:

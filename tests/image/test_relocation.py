@@ -78,7 +78,8 @@ DEFAULT_EXTRA = r"""
 $B/python3 -c 'import ssl, json, sqlite3, ctypes, sys; print("python", sys.prefix)'
 $B/curl -sS http://127.0.0.1:8080/ | head -c 200; echo
 $B/gdb -q -batch -ex 'python print("gdb-python", 6 * 7)'
-$B/perl -MPOSIX -e 'print "perl ", POSIX::floor(2.5), "\n"'
+# perl's @INC is compiled in: it needs PERL5LIB from env.sh (rc file, /shell, helpers)
+/dev/crashcart/shell perl -MPOSIX -e 'print "perl ", POSIX::floor(2.5), "\n"'
 $B/dig -v 2>&1
 /dev/crashcart/shell check-tools -q
 """

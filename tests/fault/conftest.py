@@ -1,0 +1,121 @@
+"""Fixtures of the fault suite (tests/fault): the tiny static toolbox in erofs and squashfs,
+the hostile probe, docker containers started with extra options (capabilities, a read-only
+or tiny /dev), and the real toolbox image for the tests that need real tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import ccrun
+from tests.fault import kit
+from tests.testbed import runtimes
+from tests.testbed.require import missing
+from tests.testbed.runtimes import Container
+
+
+def _need(*tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            missing(f"{tool} is not installed (scripts/runtimes install provides it)")
+
+
+@pytest.fixture(scope="session")
+def tiny() -> str:
+    """The tiny static toolbox as erofs (file-backed: no loop device)."""
+    _need("musl-gcc", "mkfs.erofs")
+    return str(kit.tiny_toolbox("erofs"))
+
+
+@pytest.fixture(scope="session")
+def tiny_squashfs() -> str:
+    """The same toolbox as squashfs: mounted through an autoclear loop device."""
+    _need("musl-gcc", "mksquashfs")
+    return str(kit.tiny_toolbox("squashfs"))
+
+
+@pytest.fixture(params=["erofs", "squashfs"])
+def any_tiny(request: pytest.FixtureRequest) -> str:
+    """Both formats: a leak of a loop device only shows with squashfs."""
+    return str(request.getfixturevalue("tiny" if request.param == "erofs" else "tiny_squashfs"))
+
+
+@pytest.fixture(scope="session")
+def probe() -> Path:
+    _need("musl-gcc")
+    return kit.static_binary("probe")
+
+
+@pytest.fixture(scope="session")
+def toolbox() -> str:
+    """The real toolbox image ($CRASHCART_TEST_IMAGE), for tests that need real tools."""
+    path = ccrun.test_image()
+    if not os.path.exists(path):
+        missing(f"no toolbox image at {path} (set CRASHCART_TEST_IMAGE)")
+    return path
+
+
+class DockerFactory:
+    """docker run -d with extra options (the testbed's factory has no way to pass them)."""
+
+    def __init__(self, hint: str) -> None:
+        self.hint = hint
+        self.started: list[Container] = []
+
+    def __call__(self, *options: str, image: str = "busybox", command: tuple[str, ...] = ()
+                 ) -> Container:  # fmt: skip
+        reason = runtimes.unavailable_reason("docker")
+        if reason is not None:
+            missing(f"docker: {reason}")
+        runtimes.ensure_image("docker", image)
+        name = runtimes.new_name(f"{self.hint}-docker-{image}")
+        argv = [runtimes.DOCKER, "run", "-d", "--pull=never", "--name", name, "--network",
+                "none", "--label", "crashcart-test=1", *options,
+                runtimes.image_ref("docker", image), *command]  # fmt: skip
+        try:
+            cid = runtimes.run(argv).stdout.strip()
+            pid = int(runtimes.run([runtimes.DOCKER, "inspect", "-f", "{{.State.Pid}}", name])
+                      .stdout.strip())  # fmt: skip
+        except BaseException:
+            runtimes.remove_by_name("docker", name)
+            raise
+        c = Container("docker", name, cid, pid, image)
+        self.started.append(c)
+        return c
+
+    def close(self) -> None:
+        for c in self.started:
+            runtimes.remove_by_name("docker", c.name)
+
+
+@pytest.fixture
+def docker_run(request: pytest.FixtureRequest) -> Iterator[DockerFactory]:
+    factory = DockerFactory(request.node.name.removeprefix("test_")[:16])
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+def target(c: Container) -> str:
+    if c.runtime == "containerd":
+        return f"containerd://{c.namespace}/{c.id}"
+    return f"{c.runtime}://{c.name}"
+
+
+@pytest.fixture(scope="module")
+def shared(request: pytest.FixtureRequest) -> Iterator[Container]:
+    """One docker busybox container for a whole module (each test still checks leaks
+    around what it does); its own fixture so a test can also kill or remove it."""
+    reason = runtimes.unavailable_reason("docker")
+    if reason is not None:
+        missing(f"docker: {reason}")
+    c = runtimes.start("docker", "busybox", name=runtimes.new_name("fault-shared"))
+    try:
+        yield c
+    finally:
+        runtimes.remove_by_name("docker", c.name)

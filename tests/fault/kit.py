@@ -1,0 +1,210 @@
+"""Tools of the fault suite: a tiny static toolbox, a hostile probe, crashcart runs that stop
+or die at a named point, and ways to find what a session left behind.
+
+The tiny toolbox is Debian's static busybox (plus a `bash` shim, tests/fault/minibash.c) as
+an erofs (file-backed, no loop device) or squashfs (autoclear loop device) image: it runs
+in session mode and, being static, also straight from /dev/crashcart in sideload mode, so
+`-e` can be tested on every fixture container without the relocated Debian toolbox.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tests import ccrun
+from tests.testbed import leakcheck as lc
+from tests.testbed.runtimes import Container
+
+HERE = Path(__file__).resolve().parent
+BUILD = ccrun.REPO / "build" / "fault"
+BUSYBOX = Path("/bin/busybox")
+APPLETS = (
+    "sh", "ls", "cat", "ps", "id", "sleep", "true", "false", "echo", "grep", "stat", "kill",
+    "readlink", "mkfifo", "dd", "head", "wc", "env", "test", "tail", "cut", "tr", "touch",
+    "mkdir", "rm", "seq", "timeout", "tty", "stty", "mount", "pidof", "find", "sed",
+)  # fmt: skip
+SUPERVISOR_TITLE = "crashcart: session supervisor for "
+
+
+def _digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def static_binary(name: str) -> Path:
+    """tests/fault/NAME.c built with musl-gcc -static (cached by source hash)."""
+    src = HERE / f"{name}.c"
+    out = BUILD / f"{name}-{_digest(src)}"
+    if not out.exists():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        subprocess.run(["musl-gcc", "-static", "-O2", "-Wall", "-o", str(tmp), str(src)],
+                       check=True, capture_output=True)  # fmt: skip
+        tmp.rename(out)
+    return out
+
+
+def tiny_toolbox(fmt: str = "erofs") -> Path:
+    """The tiny toolbox image in `fmt` (erofs or squashfs), cached under build/fault."""
+    shim = static_binary("minibash")
+    key = _digest(BUSYBOX, shim, Path(__file__))
+    out = BUILD / f"toolbox-{key}.{fmt}"
+    if out.exists():
+        return out
+    root = BUILD / f"root-{key}-{os.getpid()}"
+    shutil.rmtree(root, ignore_errors=True)
+    for d in ("bin", "target", "proc", "dev", "sys", "tmp", "run", "root"):
+        (root / d).mkdir(parents=True)
+    shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    shutil.copy2(shim, root / "bin" / "bash")
+    (root / "shell").symlink_to("bin/bash")
+    (root / ".crashcartrc").write_text("PS1='cc# '\n")
+    tmp = out.with_name(out.name + ".tmp")
+    if fmt == "erofs":
+        cmd = ["mkfs.erofs", "-zlz4", str(tmp), str(root)]
+    else:
+        cmd = ["mksquashfs", str(root), str(tmp), "-quiet", "-noappend", "-all-root"]
+    try:
+        subprocess.run(cmd, check=True, capture_output=True)
+        os.chmod(tmp, 0o644)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Running crashcart
+
+
+def popen(
+    *args: str,
+    fault: str | None = None,
+    image: str | None = None,
+    stdin: int | None = subprocess.DEVNULL,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """crashcart ARGS in the background, output captured; CRASHCART_FAULT=fault."""
+    env = ccrun.env(image) | (extra_env or {})
+    if fault:
+        env["CRASHCART_FAULT"] = fault
+    return subprocess.Popen(ccrun.argv(*args), env=env, cwd=ccrun.REPO, stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+
+
+def proc_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return "gone"
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 20, what: str = "condition") -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"{what}: not met after {timeout}s")
+
+
+def stopped_process(root_pid: int) -> int:
+    """The PID of the process that stopped itself (state T) at a `stop:` fault point: the
+    crashcart process `root_pid` itself or one of its descendants."""
+    found: list[int] = []
+
+    def look() -> bool:
+        found[:] = [p for p in [root_pid, *descendants(root_pid)] if proc_state(p) == "T"]
+        return bool(found)
+
+    wait_for(look, what=f"a stopped process under {root_pid}")
+    return found[0]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def descendants(pid: int) -> list[int]:
+    out, todo = [], children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += children(p)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def supervisors(c: Container) -> list[int]:
+    """Host PIDs of the session supervisors in the container's pid namespace."""
+    return [p.pid for p in lc.pidns_procs(c.pid) if p.cmdline.startswith(SUPERVISOR_TITLE)]
+
+
+def session_procs(c: Container) -> list[lc.Proc]:
+    """Processes of the container's pid namespace that are not the container's own: their
+    root is not the container's root (crashcart sessions pivot into the toolbox)."""
+    theirs = os.stat(f"/proc/{c.pid}/root")
+    out = []
+    for p in lc.pidns_procs(c.pid):
+        try:
+            st = os.stat(f"/proc/{p.pid}/root")
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) != (theirs.st_dev, theirs.st_ino):
+            out.append(p)
+    return out
+
+
+def kill(pid: int, signum: int = signal.SIGKILL) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 30) -> tuple[int, str]:
+    """Wait for a crashcart run; its status and stderr."""
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err.decode(errors="replace")
+
+
+def mounted(c: Container) -> bool:
+    return " /dev/crashcart " in Path(f"/proc/{c.pid}/mountinfo").read_text()
+
+
+def cleanup() -> subprocess.CompletedProcess[bytes]:
+    return ccrun.run("cleanup")
+
+
+def run(*args: str, image: str | None = None, **kw: object) -> subprocess.CompletedProcess[bytes]:
+    return ccrun.run(*args, image=image, **kw)  # type: ignore[arg-type]
+
+
+def in_container(c: Container, argv: Sequence[str], timeout: float = 30) -> str:
+    from tests.testbed import runtimes
+
+    res = runtimes.exec_in(c, list(argv), timeout=timeout)
+    return res.stdout + res.stderr

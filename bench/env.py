@@ -57,7 +57,10 @@ def exclusive():
 
 def _runtimes(*args: str) -> None:
     log(f"scripts/runtimes {' '.join(args)}")
-    proc = subprocess.run([str(RUNTIMES_SCRIPT), *args], stdin=subprocess.DEVNULL, cwd=REPO)
+    # Its progress goes to our stderr: stdout carries only the tables.
+    proc = subprocess.run(
+        [str(RUNTIMES_SCRIPT), *args], stdin=subprocess.DEVNULL, stdout=sys.stderr, cwd=REPO
+    )
     if proc.returncode != 0:
         raise BenchError(f"scripts/runtimes {' '.join(args)} failed (exit {proc.returncode})")
 

@@ -8,6 +8,7 @@ the wall time runs from the first spawn to the last exit.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping
 
 from bench import leaks, procs
@@ -19,11 +20,23 @@ from tests.testbed.runtimes import Container
 SETTLE_S = 5.0  # teardown that completes asynchronously (autoclear, reaping) gets this long
 
 
+def _messages(results: list[procs.Result]) -> dict[str, int]:
+    """How often each stderr line was printed, with the target's own description left out
+    ("podman NAME (ID, pid N): not mounted" counts as "not mounted")."""
+    counts: Counter[str] = Counter()
+    for r in results:
+        for line in r.stderr.splitlines():
+            counts[line.split("): ", 1)[-1][:200]] += 1
+    return dict(counts.most_common(10))
+
+
 def _batch(
     label: str, argvs: list[list[str]], env: Mapping[str, str], err_dir: str
 ) -> tuple[list[procs.Result], dict[str, object]]:
     load_before = loadavg()
-    results, wall = procs.run_concurrently(argvs, env, err_dir=err_dir, timeout=120)
+    results, wall = procs.run_concurrently(
+        argvs, env, err_dir=err_dir, timeout=120, keep_stderr=True
+    )
     failed = [r for r in results if not r.ok]
     log(f"P3 {label}: {len(results) - len(failed)}/{len(results)} ok in {wall / 1e3:.2f} s")
     for r in failed[:3]:
@@ -40,6 +53,7 @@ def _batch(
         "per_process_ms": summary([r.wall_ms for r in results]),
         "cpu_ms": summary([r.cpu_ms for r in ok]),
         "cpu_total_s": round(sum(r.cpu_ms for r in results) / 1e3, 3),
+        "stderr_lines": _messages(results),
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
     }
@@ -69,9 +83,27 @@ def _settled_diffs(
     return {
         "containers_with_leaks": len(per),
         "container_leaks": {name: lines[:10] for name, lines in list(per.items())[:5]},
+        # a single read() of /proc/PID/mountinfo returns at most one page (seq_file)
+        "mountinfo_bytes": _mountinfo_sizes(containers, set(per)),
         "host_leaks": ours,
         "foreign_host_changes": foreign,
         "leaks": len(per) + len(ours),
+    }
+
+
+def _mountinfo_sizes(containers: list[Container], leaky: set[str]) -> dict[str, object]:
+    sizes = {}
+    for c in containers:
+        try:
+            with open(f"/proc/{c.pid}/mountinfo", "rb") as f:
+                sizes[c.name] = len(f.read())
+        except OSError:
+            continue
+    ok = [v for k, v in sizes.items() if k not in leaky]
+    bad = [v for k, v in sizes.items() if k in leaky]
+    return {
+        "clean": [min(ok), max(ok)] if ok else None,
+        "leaky": [min(bad), max(bad)] if bad else None,
     }
 
 
@@ -92,11 +124,17 @@ def run_runtime(
     out["container_start_s"] = round(time.monotonic() - t0, 2)
     try:
         # One attach at a time with N containers present: does target lookup scale?
-        single = [
-            procs.run([cc, containers[i % count].name, "--", "true"], env, err_dir=err_dir)
-            for i in range(5)
-        ]
-        out["sequential_attach_ms"] = summary([r.wall_ms for r in single if r.ok])
+        # ... and with the runtime named (runtime://NAME): what searching the others costs.
+        variants = {"sequential_attach_ms": "", "sequential_attach_prefixed_ms": f"{runtime}://"}
+        walls: dict[str, list[float]] = {key: [] for key in variants}
+        for i in range(5):
+            for key, prefix in variants.items():
+                name = prefix + containers[-1 - i].name
+                r = procs.run([cc, name, "--", "true"], env, err_dir=err_dir)
+                if r.ok:
+                    walls[key].append(r.wall_ms)
+        for key in variants:
+            out[key] = summary(walls[key])
 
         before = leaks.states(containers)
         host_before = leaks.host_state(runner)

@@ -78,14 +78,14 @@ def _spawn(
     return _Running(list(argv), pid, os.pidfd_open(pid), err_fd, start, time.monotonic() + timeout)
 
 
-def _reap(r: _Running, end_ns: int, timed_out: bool = False) -> Result:
+def _reap(r: _Running, end_ns: int, timed_out: bool = False, keep_stderr: bool = False) -> Result:
     if timed_out:
         os.kill(r.pid, signal.SIGKILL)
     _, status, ru = os.wait4(r.pid, 0)
     os.close(r.pidfd)
     code = -1 if timed_out else _exit_code(status)
     stderr = ""
-    if code != 0:
+    if code != 0 or keep_stderr:
         os.lseek(r.err, 0, os.SEEK_SET)
         stderr = os.read(r.err, 1 << 16).decode(errors="replace").strip()
         if timed_out:
@@ -132,11 +132,13 @@ def run_concurrently(
     cwd: str = "/",
     timeout: float = DEFAULT_TIMEOUT,
     err_dir: str | None = None,
+    keep_stderr: bool = False,
 ) -> tuple[list[Result], float]:
     """Start every command at once (as fast as posix_spawn goes), wait for all of them.
 
     Returns the results in the order of ``argvs`` and the wall time in ms from the first
-    spawn to the last exit."""
+    spawn to the last exit. ``keep_stderr``: read every command's stderr, not only a failed
+    one's."""
     running: list[_Running] = []
     results: dict[int, Result] = {}
     try:
@@ -156,7 +158,7 @@ def run_concurrently(
                 continue
             for fd in ready:
                 i, r = pending.pop(fd)
-                results[i] = _reap(r, now)
+                results[i] = _reap(r, now, keep_stderr=keep_stderr)
     except BaseException:
         # Interrupted: leave no child behind.
         for i, r in enumerate(running):

@@ -229,18 +229,27 @@ def tables(res: dict[str, Any]) -> str:
                     f"{b['wall_s']:.2f} | {_fmt(pp.get('median'), 0)} / {_fmt(pp.get('p95'), 0)}"
                     f" | {b['cpu_total_s']:.1f} | {leaks} |"
                 )
-            seq = rt["sequential_attach_ms"]
+            seq, pre = rt["sequential_attach_ms"], rt.get("sequential_attach_prefixed_ms", {})
             lines.append(
-                f"| {rt['runtime']} | one attach at a time, {rt['containers']} "
-                f"containers present | | | {_fmt(seq.get('median'), 0)} (median of "
+                f"| {rt['runtime']} | one attach at a time among {rt['containers']}: "
+                f"`crashcart NAME` / `crashcart {rt['runtime']}://NAME` | | | "
+                f"{_fmt(seq.get('median'), 0)} / {_fmt(pre.get('median'), 0)} (medians of "
                 f"{seq.get('n')}) | | |"
             )
+        for rt in p3["runtimes"]:
+            msgs = (rt.get("unmount") or {}).get("stderr_lines")
+            if msgs and rt.get("sideload_leaks", {}).get("leaks"):
+                lines.append(
+                    f"\n{rt['runtime']} `-u` said: {msgs}; mountinfo bytes "
+                    f"{rt['sideload_leaks'].get('mountinfo_bytes')}"
+                )
     p5 = res.get("p5")
     if p5 and p5.get("by_case"):
+        runs = f"{res['params']['p5_runs']} runs" if res.get("p5_raw") else "not run"
         lines += [
             "",
-            "P5 footprint: peak RSS of the process tree under GNU time "
-            f"({res['params']['p5_runs']} runs); CPU per run from P1/P3 (wait4)",
+            f"P5 footprint: peak RSS of the process tree under GNU time ({runs}); "
+            "CPU per run from P1/P3 (wait4)",
             "",
             "| command | peak RSS MB (median / max) | CPU ms median (user + sys) |",
             "|---|---:|---:|",

@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             env.ensure_bench_deps()
         res["versions"] = env.versions(tb.DOCKER)
         fleet = Fleet()
-        tmp = Path(tempfile.mkdtemp(prefix="crashcart-bench-", dir="/var/tmp"))
+        tmp = Path(tempfile.mkdtemp(prefix="crashcart-bench-run-", dir="/var/tmp"))
         try:
             measure(args, res, fleet, tmp)
         except (BenchError, tb.TestbedError) as e:

@@ -49,6 +49,7 @@ class BuildResult:
     size: int
     manifest: manifest.Manifest
     timings: dict[str, float] = field(default_factory=dict)
+    rootfs: str | None = None  # the scratch rootfs, when kept (--keep-workdir)
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _build_in(
     os.replace(tmp_out, output)
     data["build_seconds"] = dict(progress.timings)
     manifest.write_sidecar(output, data)
-    return BuildResult(output, os.path.getsize(output), data, dict(progress.timings))
+    kept = rootfs if opts.keep_workdir else None
+    return BuildResult(output, os.path.getsize(output), data, dict(progress.timings), kept)
 
 
 def _populate(work: str, rootfs: str, opts: BuildOptions, p: _Plan, progress: Progress) -> None:

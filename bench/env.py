@@ -265,6 +265,38 @@ def _out(argv: list[str]) -> str:
         return ""
 
 
+def cpu_times() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return (total - idle) / hz, total / hz
+
+
+class Contention:
+    """How busy the machine was during a phase, and how much of that our commands were:
+    ``others`` is what everything else used (other users' work, and the daemons' work on our
+    behalf, e.g. dockerd serving docker exec), as a share of all cores."""
+
+    def __init__(self) -> None:
+        self.start = cpu_times()
+        self.load = loadavg()
+
+    def done(self, ours_cpu_s: float) -> dict[str, object]:
+        busy0, total0 = self.start
+        busy1, total1 = cpu_times()
+        total = max(total1 - total0, 1e-9)
+        busy = busy1 - busy0
+        return {
+            "loadavg_before": self.load,
+            "loadavg_after": loadavg(),
+            "machine_busy_pct": round(100 * busy / total, 1),
+            "our_commands_pct": round(100 * ours_cpu_s / total, 1),
+            "others_pct": round(100 * max(busy - ours_cpu_s, 0) / total, 1),
+        }
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 

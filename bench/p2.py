@@ -36,6 +36,7 @@ class Sample:
     exit_ms: float | None
     code: int | None
     tail: str = ""
+    cpu_ms: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -69,6 +70,7 @@ def once(argv: list[str], env: Mapping[str, str], timeout: float = 20.0) -> Samp
     output = b""
     prompt_ms = exit_ms = None
     code = None
+    cpu_ms = 0.0
     deadline = time.monotonic() + timeout
     try:
         while prompt_ms is None and time.monotonic() < deadline:
@@ -87,10 +89,11 @@ def once(argv: list[str], env: Mapping[str, str], timeout: float = 20.0) -> Samp
         if prompt_ms is not None:
             os.write(fd, b"exit\r")
             while time.monotonic() < deadline:
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, status, ru = os.wait4(pid, os.WNOHANG)
                 if done:
                     exit_ms = (time.perf_counter() - start) * 1e3
                     code = os.waitstatus_to_exitcode(status)
+                    cpu_ms = (ru.ru_utime + ru.ru_stime) * 1e3
                     break
                 ready, _, _ = select.select([fd], [], [], 0.01)
                 if ready:
@@ -108,7 +111,7 @@ def once(argv: list[str], env: Mapping[str, str], timeout: float = 20.0) -> Samp
                 pass
         os.close(fd)
     tail = output[-400:].decode(errors="replace")
-    return Sample(prompt_ms, exit_ms, code, tail)
+    return Sample(prompt_ms, exit_ms, code, tail, cpu_ms)
 
 
 def run(cases: list[Case], runs: int, warmup: int, seed: int) -> None:

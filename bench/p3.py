@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 from bench import leaks, procs
 from bench.containers import Fleet
-from bench.env import CRASHCART, loadavg, log
+from bench.env import CRASHCART, Contention, log
 from bench.stats import summary
 from tests.testbed.runtimes import Container
 
@@ -33,7 +33,7 @@ def _messages(results: list[procs.Result]) -> dict[str, int]:
 def _batch(
     label: str, argvs: list[list[str]], env: Mapping[str, str], err_dir: str
 ) -> tuple[list[procs.Result], dict[str, object]]:
-    load_before = loadavg()
+    busy = Contention()
     results, wall = procs.run_concurrently(
         argvs, env, err_dir=err_dir, timeout=120, keep_stderr=True
     )
@@ -54,8 +54,7 @@ def _batch(
         "cpu_ms": summary([r.cpu_ms for r in ok]),
         "cpu_total_s": round(sum(r.cpu_ms for r in results) / 1e3, 3),
         "stderr_lines": _messages(results),
-        "loadavg_before": load_before,
-        "loadavg_after": loadavg(),
+        "machine": busy.done(sum(r.cpu_ms for r in results) / 1e3),
     }
 
 
@@ -129,7 +128,7 @@ def run_runtime(
         walls: dict[str, list[float]] = {key: [] for key in variants}
         for i in range(5):
             for key, prefix in variants.items():
-                name = prefix + containers[-1 - i].name
+                name = prefix + containers[-1 - i % count].name
                 r = procs.run([cc, name, "--", "true"], env, err_dir=err_dir)
                 if r.ok:
                     walls[key].append(r.wall_ms)

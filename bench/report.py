@@ -21,6 +21,16 @@ def _range(s: dict[str, float], digits: int = 1) -> str:
     return f"{s['min']:.{digits}f}-{s['max']:.{digits}f}"
 
 
+def _busy(phase: dict[str, Any]) -> str:
+    m = phase.get("machine")
+    if not m:
+        return "machine load not recorded"
+    return (
+        f"machine {m['machine_busy_pct']:.0f}% busy; {m['others_pct']:.0f}% of all cores not "
+        "in the measured commands (other users' work, and the daemons serving the execs)"
+    )
+
+
 def _target(name: str, value: str, target: str, met: bool | None) -> dict[str, Any]:
     return {"target": name, "value": value, "goal": target, "met": met}
 
@@ -156,7 +166,8 @@ def tables(res: dict[str, Any]) -> str:
         lines += [
             "",
             f"P1 attach + true ({res['params']['runs']} interleaved runs, "
-            f"{res['params']['warmup']} warm-up; baselines on busybox containers)",
+            f"{res['params']['warmup']} warm-up; baselines on busybox containers; "
+            f"{_busy(p1)})",
             "",
             "| command | target container | median ms | p95 ms | min-max ms | CPU ms | fail |",
             "|---|---|---:|---:|---:|---:|---:|",
@@ -185,7 +196,7 @@ def tables(res: dict[str, Any]) -> str:
         lines += [
             "",
             f"P2 launch to first prompt through a pty ({res['params']['p2_runs']} "
-            "interleaved runs)",
+            f"interleaved runs; {_busy(p2)})",
             "",
             "| command | container | prompt median ms | p95 | min-max | prompt+exit median "
             "| fail |",
@@ -207,12 +218,13 @@ def tables(res: dict[str, Any]) -> str:
             "",
             "P3 scale (distroless containers, all commands started at once)",
             "",
-            "| runtime | batch | ok | wall s | per-process median / p95 ms | CPU total s | leaks |",
-            "|---|---|---:|---:|---:|---:|---:|",
+            "| runtime | batch | ok | wall s | per-process median / p95 ms | CPU total s | "
+            "others' CPU | leaks |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
         ]
         for rt in p3["runtimes"]:
             if "error" in rt:
-                lines.append(f"| {rt['runtime']} | error: {rt['error'][:100]} | | | | | |")
+                lines.append(f"| {rt['runtime']} | error: {rt['error'][:100]} | | | | | | |")
                 continue
             for batch, label, leak_key in (
                 ("session", "`crashcart N -- true`", "session_leaks"),
@@ -227,14 +239,14 @@ def tables(res: dict[str, Any]) -> str:
                 lines.append(
                     f"| {rt['runtime']} | {label} | {b['succeeded']}/{b['count']} | "
                     f"{b['wall_s']:.2f} | {_fmt(pp.get('median'), 0)} / {_fmt(pp.get('p95'), 0)}"
-                    f" | {b['cpu_total_s']:.1f} | {leaks} |"
+                    f" | {b['cpu_total_s']:.1f} | {b['machine']['others_pct']:.0f}% | {leaks} |"
                 )
             seq, pre = rt["sequential_attach_ms"], rt.get("sequential_attach_prefixed_ms", {})
             lines.append(
                 f"| {rt['runtime']} | one attach at a time among {rt['containers']}: "
                 f"`crashcart NAME` / `crashcart {rt['runtime']}://NAME` | | | "
                 f"{_fmt(seq.get('median'), 0)} / {_fmt(pre.get('median'), 0)} (medians of "
-                f"{seq.get('n')}) | | |"
+                f"{seq.get('n')}) | | | |"
             )
         for rt in p3["runtimes"]:
             msgs = (rt.get("unmount") or {}).get("stderr_lines")

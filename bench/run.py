@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -148,11 +149,12 @@ def measure(args: argparse.Namespace, res: dict[str, Any], fleet: Fleet, tmp: Pa
                 fleet.token,
                 diagnostics=not args.no_diagnostics,
             )
-            load = env.loadavg()
+            busy = env.Contention()
             t0 = time.monotonic()
             p1.run(cases, args.runs, args.warmup, args.seed, err_dir)
             res["p1"] = p1.results(cases)
-            res["p1"]["loadavg_before"], res["p1"]["loadavg_after"] = load, env.loadavg()
+            ours = sum(r.cpu_ms for c in cases for r in c.results) / 1e3
+            res["p1"]["machine"] = busy.done(ours)
             res["p1"]["duration_s"] = round(time.monotonic() - t0, 1)
             stale = env.pyc_report(pkg)["stale"]
             res["pyc"]["stale_after_p1"] = stale
@@ -186,10 +188,11 @@ def measure(args: argparse.Namespace, res: dict[str, Any], fleet: Fleet, tmp: Pa
                         base_env,
                     )
                 )
-            load = env.loadavg()
+            busy = env.Contention()
             p2.run(cases2, args.p2_runs, min(args.warmup, 2), args.seed + 1)
             res["p2"] = p2.results(cases2)
-            res["p2"]["loadavg_before"], res["p2"]["loadavg_after"] = load, env.loadavg()
+            ours = sum(s.cpu_ms for c in cases2 for s in c.samples) / 1e3
+            res["p2"]["machine"] = busy.done(ours)
         if "p5" in args.only and "docker" in distroless:
             why = p5.available()
             if why:
@@ -276,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         except (BenchError, tb.TestbedError) as e:
             log(f"error: {e}")
             res["error"] = str(e)
+            status = 1
+        except Exception as e:  # noqa: BLE001 - a harness bug: still clean up and keep the data
+            log(f"internal error:\n{traceback.format_exc()}")
+            res["error"] = f"internal error: {type(e).__name__}: {e}"
             status = 1
         except KeyboardInterrupt:
             log("interrupted: cleaning up")

@@ -115,6 +115,8 @@ def _coldstart_child(source: str, kind: str, root: str, runs: int) -> None:
 
 def _table(data: dict[str, Any]) -> str:
     lines = [
+        f"load average before/after: {data['loadavg_before'][0]:.1f} / "
+        f"{data['loadavg_after'][0]:.1f} (2 cores)",
         f"default recipe: {data['cold']['packages']} packages, {data['cold']['tools']} tools",
         f"cold build (empty .deb cache): {data['cold']['seconds']:6.1f} s  {data['cold']['steps']}",
         f"warm rebuild:                  {data['warm']['seconds']:6.1f} s  {data['warm']['steps']}",
@@ -146,7 +148,10 @@ def main(argv: list[str]) -> int:
         base = Path(tmp)
         cache = base / "debs"
         cache.mkdir()
-        data: dict[str, Any] = {"when": datetime.datetime.now(datetime.UTC).isoformat()}
+        data: dict[str, Any] = {
+            "when": datetime.datetime.now(datetime.UTC).isoformat(),
+            "loadavg_before": os.getloadavg(),  # other work on the 2 cores skews the times
+        }
         data["cold"] = _build(base / "cold.img", cache)
         data["warm"] = _build(base / "warm.img", cache, keep=True)
         rootfs = data["warm"].pop("rootfs")
@@ -159,6 +164,7 @@ def main(argv: list[str]) -> int:
         }
         data["cold_start"]["disk"] = _cold_start(rootfs, "disk", root, args.runs)
         shutil.rmtree(os.path.dirname(rootfs), ignore_errors=True)
+    data["loadavg_after"] = os.getloadavg()
     for info in data["formats"].values():
         info.pop("path")
     sys.stdout.write(_table(data))

@@ -9,6 +9,7 @@ recipe: dpkg's configure step (maintainer scripts, python byte-compiling) domina
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -117,6 +118,16 @@ def run(spec: BootstrapSpec, log_path: str, on_line: LineSink | None = None) -> 
         raise ImageError("mmdebstrap not found", hint="apt-get install mmdebstrap")
     if spec.cache_dir:
         os.makedirs(spec.cache_dir, exist_ok=True)
+        # Two builds share the cache: one's prune must not delete what the other syncs in.
+        with open(os.path.join(spec.cache_dir, ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            _run_logged(spec, log_path, on_line)
+            prune_cache(spec.cache_dir)
+        return
+    _run_logged(spec, log_path, on_line)
+
+
+def _run_logged(spec: BootstrapSpec, log_path: str, on_line: LineSink | None) -> None:
     tail: list[str] = []
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
@@ -136,8 +147,6 @@ def run(spec: BootstrapSpec, log_path: str, on_line: LineSink | None = None) -> 
         rc = proc.wait()
     if rc != 0:
         raise explain_failure(tail, log_path)
-    if spec.cache_dir:
-        prune_cache(spec.cache_dir)
 
 
 _MISSING = re.compile(r"E: Unable to locate package (\S+)")

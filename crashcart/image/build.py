@@ -8,6 +8,7 @@ renamed over it, so a session that has the old image mounted keeps its (old) ino
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -90,6 +91,8 @@ def build(opts: BuildOptions, progress: Progress | None = None) -> BuildResult:
     finally:
         if not opts.keep_workdir:
             shutil.rmtree(work, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.abspath(opts.output) + ".tmp")  # an interrupted pack
 
 
 def _preflight(opts: BuildOptions, p: _Plan) -> pack.Packer:

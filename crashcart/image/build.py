@@ -68,7 +68,7 @@ def plan(opts: BuildOptions) -> _Plan:
         raise ImageError("--from-rootfs and --from-image exclude each other")
     from_existing = opts.from_rootfs or opts.from_image
     recipe = load_recipe(opts.recipe or "default")
-    fmt = opts.fmt or recipe.setting("format", "erofs")
+    fmt = opts.fmt or recipe.setting("format", "") or pack.default_format()
     if from_existing:
         source = f"rootfs:{opts.from_rootfs}" if opts.from_rootfs else f"image:{opts.from_image}"
         return _Plan(recipe, source, None, None, fmt)

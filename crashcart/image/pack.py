@@ -37,6 +37,28 @@ PACKERS = {
 }
 
 
+def kernel_formats(proc_filesystems: str = "/proc/filesystems") -> set[str]:
+    """Filesystems this kernel can mount now or from a module."""
+    found: set[str] = set()
+    try:
+        with open(proc_filesystems) as f:
+            found = {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        pass
+    mod_dir = f"/lib/modules/{os.uname().release}/kernel/fs"
+    for fmt in FORMATS:
+        if os.path.isdir(os.path.join(mod_dir, fmt)):
+            found.add(fmt)
+    return found
+
+
+def default_format(available: set[str] | None = None) -> str:
+    """erofs where this kernel has it, else squashfs, else ext4 (the image is usually
+    mounted on the machine that builds it)."""
+    have = kernel_formats() if available is None else available
+    return next((f for f in ("erofs", "squashfs") if f in have), "ext4")
+
+
 def require(fmt: str) -> Packer:
     if fmt not in PACKERS:
         raise ImageError(f"unknown image format {fmt!r}", hint=f"one of: {', '.join(FORMATS)}")

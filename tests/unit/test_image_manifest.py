@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from crashcart.errors import ImageError
-from crashcart.image import manifest
+from crashcart.image import manifest, pack
 
 
 def _manifest() -> manifest.Manifest:
@@ -67,3 +67,11 @@ def test_summary(tmp_path: Path) -> None:
     assert "size:       3.0 MiB" in text
     assert "tools (1): bash" in text
     assert "packages:   1" in text
+
+
+def test_default_format_follows_the_kernel(tmp_path: Path) -> None:
+    assert pack.default_format({"ext4", "squashfs", "erofs"}) == "erofs"
+    assert pack.default_format({"ext4", "squashfs"}) == "squashfs"
+    assert pack.default_format(set()) == "ext4"
+    (tmp_path / "fs").write_text("nodev\tproc\n\text4\n\terofs\n")
+    assert {"proc", "ext4", "erofs"} <= pack.kernel_formats(str(tmp_path / "fs"))

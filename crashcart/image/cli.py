@@ -48,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         dest="fmt",
         choices=("erofs", "squashfs", "ext4"),
-        help="erofs (lz4hc, default; file-backed mount), squashfs (zstd), ext4",
+        help="erofs (lz4hc; the default where the kernel has erofs), squashfs (zstd), ext4",
     )
     b.add_argument("--output", "-o", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
     src = b.add_mutually_exclusive_group()

@@ -12,6 +12,7 @@ import _socket
 import errno
 import os
 import select
+import stat
 import sys
 
 from crashcart import faults
@@ -145,10 +146,24 @@ def mount_proc(ctx: Context) -> None:
     os.close(fd)
 
 
+# Names every program takes at their word: in the session they are crashcart's own, never
+# the container's. A container that made /dev/tty a file or FIFO it writes could feed
+# keystrokes to `less` or `vi` in the session (`!cmd`); a /dev/null it reads would collect
+# what the operator's tools throw away.
+STANDARD_NODES = {
+    "null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9),
+    "tty": (5, 0),
+}  # fmt: skip
+STANDARD_LINKS = {
+    "fd": "/proc/self/fd", "stdin": "/proc/self/fd/0", "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+}  # fmt: skip
+
+
 def build_dev(ctx: Context) -> None:
     """/dev: a private tmpfs holding a bind of each entry of the target's /dev, plus the
     toolbox at /dev/crashcart (where its relocated programs find their loader). The target's
-    /dev itself is never written to."""
+    /dev itself is never written to; the standard nodes and links are crashcart's own."""
     fd = mountapi.fs_mount("tmpfs", {"mode": "0755", "size": "4m"}, libc.MOUNT_ATTR_NOEXEC)
     mountapi.attach(fd, libc.AT_FDCWD, "/dev")
     os.close(fd)
@@ -162,7 +177,10 @@ def build_dev(ctx: Context) -> None:
             for entry in os.scandir(src):
                 if ctx.tty and entry.name in ("pts", "ptmx"):
                     continue
+                if entry.name in STANDARD_NODES or entry.name in STANDARD_LINKS:
+                    continue
                 _mirror(entry, src, dev)
+        _standard_entries(src, dev)
         os.mkdir("crashcart", 0o755, dir_fd=dev)
         toolbox = mountapi.clone_tree(libc.AT_FDCWD, "/", False)
         mountapi.attach(toolbox, dev, "crashcart")
@@ -171,6 +189,36 @@ def build_dev(ctx: Context) -> None:
         if src >= 0:
             os.close(src)
         os.close(dev)
+
+
+def _standard_entries(src: int, dev: int) -> None:
+    for name, (major, minor) in STANDARD_NODES.items():
+        rdev = os.makedev(major, minor)
+        try:
+            os.mknod(name, stat.S_IFCHR | 0o666, rdev, dir_fd=dev)
+            os.chmod(name, 0o666, dir_fd=dev)  # whatever the umask
+        except OSError:  # a device cgroup that forbids mknod: the target's node, if genuine
+            _bind_if_device(src, dev, name, rdev)
+    for name, link in STANDARD_LINKS.items():
+        os.symlink(link, name, dir_fd=dev)
+
+
+def _bind_if_device(src: int, dev: int, name: str, rdev: int) -> None:
+    if src < 0:
+        return
+    try:
+        tree = mountapi.clone_tree(src, name, recursive=False)
+    except OSError:
+        return
+    try:
+        st = os.fstat(tree)  # the very inode that would be bound, not a path checked earlier
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=dev))
+            mountapi.attach(tree, dev, name)
+    except OSError:
+        pass
+    finally:
+        os.close(tree)
 
 
 def _mirror(entry: os.DirEntry[str], src: int, dev: int) -> None:
@@ -252,6 +300,7 @@ def join_user_namespace(ctx: Context) -> None:
 def set_credentials(ctx: Context) -> None:
     if ctx.keep_caps is not None:
         caps.drop_bounding(ctx.keep_caps)
+    caps.clear_inheritable()
     if ctx.gid is not None:
         if ctx.groups is not None:
             os.setgroups(ctx.groups)
@@ -280,16 +329,23 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
     zombies, if its init does not reap). When the command exits, whatever it left running
     in the session is killed and reaped, so the private mount namespace and the toolbox
     mount go away with the session. Returns the command's status as an exit code.
+
+    This process is visible in the container, so once the command is forked it keeps
+    nothing a container process could use through it: no fd of the host (stdio included),
+    no capability but CAP_KILL (bounding set too, and no_new_privs).
     """
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     supervisor = os.getpid()
+    gate, opener = os.pipe2(os.O_CLOEXEC)  # the command execs once this process is bare
     pid = os.fork()
     if pid == 0:
         code = EXIT_CRASHCART
         try:
-            code = _command(ctx, final, supervisor)
+            os.close(opener)
+            code = _command(ctx, final, supervisor, gate)
         finally:
             os._exit(code)
+    os.close(gate)
     for signum in forwarded:
         sig.handle(signum, lambda signum, _frame: _kill(pid, signum))
     sig.handle(SIG_END, lambda _signum, _frame: _kill(pid, sig.SIGKILL))
@@ -301,6 +357,9 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
     ctx.sock.close()
     ctx.nss.close()
     _close_all([ctx.root_fd, ctx.toolbox_fd, ctx.target_tree, ctx.pty_slave])
+    _detach_stdio()
+    caps.limit_to(caps.mask(("kill",)))
+    os.close(opener)
     while True:
         wpid, status = os.waitpid(-1, 0)
         if wpid == pid:
@@ -316,7 +375,7 @@ def peer_gone(sock: _socket.socket) -> bool:
     return bool(poller.poll(0))
 
 
-def _command(ctx: Context, final: list[Step], supervisor: int) -> int:
+def _command(ctx: Context, final: list[Step], supervisor: int, gate: int) -> int:
     libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
     if os.getppid() != supervisor:
         return EXIT_CRASHCART
@@ -330,6 +389,8 @@ def _command(ctx: Context, final: list[Step], supervisor: int) -> int:
         return _fail(ctx, e.code, f"failed to attach: {e}")
     # A change of uid or capabilities clears the parent-death signal: arm it again.
     libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+    os.read(gate, 1)  # EOF when the supervisor has dropped what it held
+    os.close(gate)
     if os.getppid() != supervisor:
         return EXIT_CRASHCART
     return exec_command(ctx)
@@ -350,6 +411,19 @@ def _kill(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except ProcessLookupError:
         pass
+
+
+def _detach_stdio() -> None:
+    """Point 0-2 at the session's /dev/null (crashcart's own node): the host's files,
+    pipes or sockets stay with the command alone."""
+    try:
+        null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        os.closerange(0, 3)
+        return
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
 
 
 def _end_leftovers() -> None:

@@ -23,6 +23,7 @@ from crashcart.errors import (
 from crashcart.linux import cgroups, libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
 
+SUPERVISOR_TITLE = "crashcart: session supervisor for "
 FORWARDED = (
     sig.SIGINT,
     sig.SIGTERM,
@@ -76,6 +77,10 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
     own_pidns = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
     faults.point("session:before-fork")
+    # The child is visible in the container from its first instant, and anyone may read a
+    # process's cmdline: it is born with neither the host's argv nor its environment.
+    title = proctitle.save()
+    proctitle.scrub(f"{SUPERVISOR_TITLE}{prep.target.ref}")
     try:
         if "pid" in prep.ctx.nss.foreign:
             libc.setns(prep.ctx.nss.fds["pid"], libc.CLONE_NEWPID)
@@ -92,6 +97,7 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
         libc.setns(own_pidns, libc.CLONE_NEWPID) if "pid" in prep.ctx.nss.foreign else None
     finally:
         os.close(own_pidns)
+        proctitle.restore(title)
     faults.point("session:after-fork")
     pipes.close_child_ends()
     prep.ctx.sock.close()
@@ -104,10 +110,12 @@ def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
 
 def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
     code = EXIT_CRASHCART
+    faults.point("session:child-start")
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
-        # Visible in the container from now on: show neither the host's argv nor its env.
-        proctitle.scrub(f"crashcart: session supervisor for {prep.target.ref}")
+        # A session of its own, without a controlling terminal: otherwise any process of
+        # the session could open /dev/tty and reach the operator's terminal (TIOCSTI).
+        os.setsid()
         prep.host_sock.close()
         # If crashcart died before PDEATHSIG was armed, its end of the socket is closed.
         # (getppid() is 0 across pid namespaces, and a pidfd cannot signal upwards.)

@@ -6,6 +6,8 @@ capabilities from the bounding set right before exec is what limits the command.
 
 from __future__ import annotations
 
+import ctypes
+
 from crashcart.linux import libc
 
 NAMES: tuple[str, ...] = (
@@ -46,3 +48,45 @@ def drop_bounding(keep: int) -> None:
         if not keep >> cap & 1 and libc.prctl(libc.PR_CAPBSET_READ, cap) == 1:
             libc.prctl(libc.PR_CAPBSET_DROP, cap)
     libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+
+
+# <linux/capability.h>: capget/capset with version 3 (two 32-bit words per set).
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def _sets() -> tuple[ctypes.Array[ctypes.c_uint32], ctypes.Array[ctypes.c_uint32]]:
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # {effective, permitted, inheritable} x 2 words
+    return header, data
+
+
+def current() -> tuple[int, int, int]:
+    """(effective, permitted, inheritable) of this thread."""
+    header, data = _sets()
+    if libc.libc.capget(header, data) < 0:
+        raise libc.oserror("capget")
+    return tuple(data[i] | data[i + 3] << 32 for i in range(3))  # type: ignore[return-value]
+
+
+def set_current(effective: int, permitted: int, inheritable: int) -> None:
+    header, data = _sets()
+    for i, value in enumerate((effective, permitted, inheritable)):
+        data[i], data[i + 3] = value & 0xFFFFFFFF, value >> 32
+    if libc.libc.capset(header, data) < 0:
+        raise libc.oserror("capset")
+
+
+def clear_inheritable() -> None:
+    """An inheritable capability survives a root execve whatever the bounding set says
+    (P' = P(inheritable) | bounding for uid 0): the profile must clear it too."""
+    effective, permitted, _ = current()
+    set_current(effective, permitted, 0)
+
+
+def limit_to(keep: int) -> None:
+    """Keep only `keep` in every set of this process, bounding set included, and set
+    no_new_privs: nothing this process or what it execs does can regain the rest."""
+    drop_bounding(keep)
+    effective, permitted, _ = current()
+    set_current(effective & keep, permitted & keep, 0)
+    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)

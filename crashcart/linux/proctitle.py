@@ -14,6 +14,7 @@ import ctypes
 from crashcart.linux import libc
 
 PR_SET_NAME = 15
+PR_GET_NAME = 16
 
 
 def _areas() -> tuple[int, int, int, int]:
@@ -36,3 +37,24 @@ def scrub(title: str) -> None:
         ctypes.memset(env_start, 0, env_end - env_start)
     name = ctypes.create_string_buffer(title.encode()[:15])
     libc.prctl(PR_SET_NAME, ctypes.addressof(name))
+
+
+def save() -> tuple[bytes, bytes, bytes]:
+    """What scrub() overwrites (command line, environment, comm), for restore()."""
+    arg_start, arg_end, env_start, env_end = _areas()
+    name = ctypes.create_string_buffer(16)
+    libc.prctl(PR_GET_NAME, ctypes.addressof(name))
+    return (
+        ctypes.string_at(arg_start, max(arg_end - arg_start, 0)),
+        ctypes.string_at(env_start, max(env_end - env_start, 0)),
+        name.value,
+    )
+
+
+def restore(saved: tuple[bytes, bytes, bytes]) -> None:
+    arg_start, _, env_start, _ = _areas()
+    args, env, name = saved
+    ctypes.memmove(arg_start, args, len(args))
+    ctypes.memmove(env_start, env, len(env))
+    buf = ctypes.create_string_buffer(name[:15])
+    libc.prctl(PR_SET_NAME, ctypes.addressof(buf))

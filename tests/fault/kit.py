@@ -1,7 +1,8 @@
 """Tools of the fault suite: a tiny static toolbox, a hostile probe, crashcart runs that stop
 or die at a named point, and ways to find what a session left behind.
 
-The tiny toolbox is Debian's static busybox (plus a `bash` shim, tests/fault/minibash.c) as
+The tiny toolbox is Debian's static busybox (plus a `bash` shim, tests/fault/minibash.c,
+and the hostile probe, tests/fault/probe.c, as /bin/probe) as
 an erofs (file-backed, no loop device) or squashfs (autoclear loop device) image: it runs
 in session mode and, being static, also straight from /dev/crashcart in sideload mode, so
 `-e` can be tested on every fixture container without the relocated Debian toolbox.
@@ -55,19 +56,21 @@ def static_binary(name: str) -> Path:
 
 def tiny_toolbox(fmt: str = "erofs") -> Path:
     """The tiny toolbox image in `fmt` (erofs or squashfs), cached under build/fault."""
-    shim = static_binary("minibash")
-    key = _digest(BUSYBOX, shim, Path(__file__))
+    shim, probe = static_binary("minibash"), static_binary("probe")
+    key = _digest(BUSYBOX, shim, probe, Path(__file__))
     out = BUILD / f"toolbox-{key}.{fmt}"
     if out.exists():
         return out
     root = BUILD / f"root-{key}-{os.getpid()}"
     shutil.rmtree(root, ignore_errors=True)
-    for d in ("bin", "target", "proc", "dev", "sys", "tmp", "run", "root"):
+    for d in ("bin", "usr/bin", "target", "proc", "dev", "sys", "tmp", "run", "root"):
         (root / d).mkdir(parents=True)
     shutil.copy2(BUSYBOX, root / "bin" / "busybox")
     for applet in APPLETS:
         (root / "bin" / applet).symlink_to("busybox")
+    (root / "usr" / "bin" / "env").symlink_to("../../bin/busybox")  # ctr's exec uses it
     shutil.copy2(shim, root / "bin" / "bash")
+    shutil.copy2(probe, root / "bin" / "probe")
     (root / "shell").symlink_to("bin/bash")
     (root / ".crashcartrc").write_text("PS1='cc# '\n")
     tmp = out.with_name(out.name + ".tmp")

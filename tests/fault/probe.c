@@ -3,7 +3,8 @@
  * "<what> ok" or "<what> <errno name>".
  *
  *   probe attack PID   ptrace attach/seize, process_vm_readv, and open /proc/PID/{environ,
- *                      mem, fd, fd/0..2, root/, cwd/, maps, ns/mnt}
+ *                      mem, fd, fd/0..2, root/, cwd/, maps, ns/mnt}; a directory that
+ *                      opens is listed ("list:fd 3 entries": names only)
  *   probe tty          open /dev/tty (the controlling terminal) and try TIOCSTI on it
  *   probe fds          readlink of every fd of this process
  */
@@ -50,8 +51,27 @@ static void try_open(int pid, const char *rel, int flags) {
         report(what, 0);
         return;
     }
+    if (flags & O_DIRECTORY) {
+        /* Opening /proc/PID/fd can succeed where listing it is refused: count entries. */
+        DIR *d = fdopendir(fd);
+        int n = 0;
+        struct dirent *e;
+        errno = 0;
+        while (d && (e = readdir(d)))
+            n += e->d_name[0] != '.';
+        snprintf(what, sizeof what, "list:%s", rel);
+        if (errno) {
+            report(what, 0);
+        } else {
+            printf("%s %d entries\n", what, n);
+            fflush(stdout);
+        }
+        if (d)
+            closedir(d);
+        return;
+    }
     char buf[64];
-    ssize_t n = (flags & O_DIRECTORY) ? 0 : read(fd, buf, sizeof buf);
+    ssize_t n = read(fd, buf, sizeof buf);
     if (n < 0) {
         snprintf(what, sizeof what, "read:%s", rel);
         report(what, 0);

@@ -76,17 +76,31 @@ def run_sideload(args: Args) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    """The runtime's exec in the foreground; Ctrl-C belongs to it, not to crashcart."""
+    """The runtime's exec in the foreground. Ctrl-C belongs to it, not to crashcart;
+    SIGTERM and SIGHUP are passed to it and crashcart waits for it, so the toolbox is
+    removed after; if crashcart dies, the runtime's client gets SIGTERM (no orphan)."""
     import signal
 
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from crashcart.linux import libc
+
+    def child_setup() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # an ignored signal stays so on exec
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    old = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN)}
     try:
-        proc = subprocess.Popen(argv, preexec_fn=lambda: signal.signal(signal.SIGINT, old))
-    except FileNotFoundError:
-        raise CrashcartError(f"{argv[0]} is not installed: cannot run the runtime's exec") from None
+        try:
+            proc = subprocess.Popen(argv, preexec_fn=child_setup)
+        except FileNotFoundError:
+            raise CrashcartError(
+                f"{argv[0]} is not installed: cannot run the runtime's exec"
+            ) from None
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            old[signum] = signal.signal(signum, lambda signum, _: proc.send_signal(signum))
+        code = proc.wait()
     finally:
-        signal.signal(signal.SIGINT, old)
-    code = proc.wait()
+        for signum, handler in old.items():
+            signal.signal(signum, handler)
     return 128 - code if code < 0 else code
 
 
@@ -125,6 +139,8 @@ def status(spec: str | None, as_json: bool) -> int:
         except (OSError, ValueError):
             continue
         record = state.read_record(f"mnt-{ino}")
+        if record and not mounts and not state.record_is_current(record, f"mnt-{ino}"):
+            record = {}  # a dead namespace's record whose inode number was reused
         if mounts or record:
             rows.append(
                 {

@@ -46,6 +46,7 @@ class Opened:
         flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
         self.root_fd = os.open("root", flags, dir_fd=self.pinned.proc_fd)
         self.key = state.mnt_ns_key(target.pid)
+        self.start_time = procfs.start_time(procfs.read_text("stat", self.pinned.proc_fd))
 
     def close(self) -> None:
         self.nss.close()
@@ -70,7 +71,12 @@ class Opened:
 
     def run(self, fn: ChildFn) -> str:
         """fn() in a child inside the target's mount namespace and root; its result."""
-        return run_in_child(lambda: _enter(self) or fn())
+
+        def entered() -> str:
+            _enter(self)
+            return fn()
+
+        return run_in_child(entered)
 
 
 def _enter(o: Opened) -> None:
@@ -78,6 +84,10 @@ def _enter(o: Opened) -> None:
         libc.setns(o.nss.fds["mnt"], libc.CLONE_NEWNS)
     os.fchdir(o.root_fd)
     libc.chroot(".")
+
+
+class HelperDied(SideloadError):
+    """The helper in the container's mount namespace died without a word (killed)."""
 
 
 def run_in_child(fn: ChildFn) -> str:
@@ -110,7 +120,9 @@ def run_in_child(fn: ChildFn) -> str:
     data = b"".join(chunks).decode(errors="replace")
     if data.startswith("K"):
         return data[1:]
-    raise SideloadError(data[1:] or "the helper process died")
+    if not data:
+        raise HelperDied("the helper process died")
+    raise SideloadError(data[1:])
 
 
 def _name(e: OSError) -> bytes:
@@ -154,10 +166,12 @@ def mount(target: Target, image: str, allow_host: bool = False) -> bool:
 def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
     entries = o.entries()
     if state.toolbox_mounts(entries):
+        record = trusted_record(o, mounted=True) or _new_record(o, "?", False)
         if lease:
-            record = state.read_record(o.key) or _new_record(o, "?", False)
             record["leases"] = [*_leases(record), state.lease_for_self()]
-            state.write_record(o.key, record)
+        else:
+            record["by_exec"] = False  # -m: it stays until -u, whoever mounted it
+        state.write_record(o.key, record)
         return False
     check_dev(entries)
     toolbox = open_toolbox(image)
@@ -166,11 +180,18 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         # Written before the container is touched: a run killed after the mkdir leaves
         # "pending", which tells `crashcart cleanup` the directory is ours to remove.
         record = _new_record(o, os.path.realpath(image), "pending")
+        record["by_exec"] = lease
         if lease:
             record["leases"] = [state.lease_for_self()]
         state.write_record(o.key, record)
         faults.point("mount:after-record")
-        created = o.run(lambda: _attach(toolbox.fd, uid, gid))
+        try:
+            created = o.run(lambda: _attach(toolbox.fd, uid, gid))
+        except HelperDied:
+            raise  # it may have made the mount point: the record stays for cleanup
+        except SideloadError:
+            state.drop_record(o.key)  # the helper failed cleanly and undid its mkdir
+            raise
         faults.point("mount:after-attach")
     finally:
         toolbox.close()
@@ -184,9 +205,25 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
 def _new_record(o: Opened, image: str, created: bool | str) -> dict[str, object]:
     t = o.target
     return {
-        "target": t.ref, "runtime": t.runtime, "name": t.name, "pid": t.pid, "image": image,
-        "since": state.now(), "created_dir": created, "leases": [],
+        "target": t.ref, "runtime": t.runtime, "name": t.name, "pid": t.pid,
+        "pid_start": o.start_time, "image": image, "since": state.now(),
+        "created_dir": created, "leases": [],
     }  # fmt: skip
+
+
+def trusted_record(o: Opened, mounted: bool) -> dict[str, object]:
+    """The record of the target's mount namespace, if it is about *this* namespace.
+
+    Records are keyed by the namespace's inode number, which the kernel reuses once a
+    namespace is gone: a record is trusted while the process it names still lives in the
+    namespace, or while a toolbox is mounted there. Anything else is a stale record of
+    another container; it is dropped, never acted upon (it could name a directory that is
+    not ours)."""
+    record = state.read_record(o.key)
+    if record and not (mounted or state.record_is_current(record, o.key)):
+        state.drop_record(o.key)
+        return {}
+    return record
 
 
 def _leases(record: dict[str, object]) -> list[object]:
@@ -197,8 +234,9 @@ def _leases(record: dict[str, object]) -> list[object]:
 def exec_with_toolbox(
     target: Target, image: str, run: Callable[[], int], allow_host: bool = False
 ) -> tuple[int, str | None]:
-    """-e: mount (or reuse) the toolbox, run the runtime's exec, then unmount unless it was
-    mounted before or another user remains. (status, note about what was left)."""
+    """-e: mount (or reuse) the toolbox, run the runtime's exec, then unmount if an -e
+    mounted it (this one or another) and no other user remains: the last -e out removes
+    it. (status, note about what was left)."""
     o = Opened(target, allow_host)
     try:
         with state.locked(o.key):
@@ -209,21 +247,27 @@ def exec_with_toolbox(
             status = run()
         finally:
             with state.locked(o.key):
-                record = state.read_record(o.key)
-                me = os.getpid()
-                record["leases"] = [
-                    x for x in _leases(record) if not (isinstance(x, list) and x[:1] == [me])
-                ]
-                if record:
-                    state.write_record(o.key, record)
-                if mounted_here:
-                    try:
-                        _unmount_locked(o, force=False, exclude_lease=me)
-                    except SideloadError as e:
-                        note = f"toolbox left mounted: {e}"
+                note = _leave(o, mounted_here)
         return status, note
     finally:
         o.close()
+
+
+def _leave(o: Opened, mounted_here: bool) -> str | None:
+    me = os.getpid()
+    record = state.read_record(o.key)
+    if record:
+        record["leases"] = [
+            x for x in _leases(record) if not (isinstance(x, list) and x[:1] == [me])
+        ]
+        state.write_record(o.key, record)
+    if not record.get("by_exec", mounted_here):
+        return None
+    try:
+        _unmount_locked(o, force=False, exclude_lease=me)
+    except SideloadError as e:
+        return f"toolbox left mounted: {e}"
+    return None
 
 
 def _open_dev() -> int:
@@ -247,7 +291,12 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
         st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
     except FileNotFoundError:
         before = os.fstat(dev)
-        os.mkdir("crashcart", 0o755, dir_fd=dev)
+        try:
+            os.mkdir("crashcart", 0o755, dir_fd=dev)
+        except OSError as e:
+            raise SideloadError(
+                f"cannot create /dev/crashcart in the container: {e.strerror}"
+            ) from None
         os.chown("crashcart", uid, gid, dir_fd=dev, follow_symlinks=False)
         after = os.fstat(dev).st_mtime_ns
         created = f"created:{before.st_atime_ns}:{before.st_mtime_ns}:{after}"
@@ -355,8 +404,8 @@ def unmount(target: Target, force: bool = False, allow_host: bool = False) -> st
 
 def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) -> str:
     entries = o.entries()
-    record = state.read_record(o.key)
     mounted = state.toolbox_mounts(entries)
+    record = trusted_record(o, bool(mounted))
     message = "not mounted"
     if mounted:
         busy = users(o, entries)

@@ -112,10 +112,21 @@ def _dir() -> str:
 
 @contextmanager
 def locked(key: str) -> Iterator[None]:
-    """An exclusive lock per target, so concurrent -m/-u/-e runs serialise."""
-    fd = os.open(os.path.join(_dir(), f"{key}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
+    """An exclusive lock per target, so concurrent -m/-u/-e runs serialise.
+
+    drop_record() unlinks the lock file while holding it: a run that was waiting on the
+    unlinked file would hold a lock nobody else sees, so it retries on the current one."""
+    path = os.path.join(_dir(), f"{key}.lock")
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)
@@ -178,6 +189,19 @@ def live_leases(record: dict[str, object]) -> list[int]:
         if procfs.start_time(stat) == start:
             alive.append(int(pid))
     return alive
+
+
+def record_is_current(record: dict[str, object], key: str) -> bool:
+    """The process the record names still runs (same start time) in namespace `key`."""
+    pid, start = record.get("pid"), record.get("pid_start")
+    if not isinstance(pid, int) or not isinstance(start, int):
+        return False
+    try:
+        stat = procfs.read_text(f"{procfs.PROC}/{pid}/stat")
+        current = mnt_ns_key(pid)
+    except OSError:
+        return False
+    return procfs.start_time(stat) == start and current == key
 
 
 def lease_for_self() -> list[int]:

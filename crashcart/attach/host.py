@@ -173,6 +173,11 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
     code = os.waitstatus_to_exitcode(status)
     if code < 0 and started is not None:
         _sweep(started)
+    if code == -sig.SIGKILL and not prep.pinned.alive():
+        # The kernel ends every process of a pid namespace whose init dies, ours included.
+        gone = TargetGone(f"{prep.target.describe()} ended; the session ended with it")
+        gone.exit_code = 128 + sig.SIGKILL
+        raise gone
     if error:
         ecode, _, message = error.partition(":")
         if ecode == str(EXIT_NOT_FOUND):

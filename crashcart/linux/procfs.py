@@ -12,6 +12,7 @@ import os
 from crashcart.linux import libc, sig
 
 PROC = os.environ.get("CRASHCART_PROC", "/proc")
+PF_EXITING = 0x4  # <linux/sched.h>, field 9 (flags) of /proc/PID/stat
 
 
 class ProcessGone(Exception):
@@ -29,11 +30,16 @@ class Pinned:
         self.proc_fd = proc_fd
 
     def alive(self) -> bool:
+        """Running: not gone, not exiting, not a zombie its parent has yet to reap."""
         try:
             libc.pidfd_send_signal(self.pidfd, 0)
-        except ProcessLookupError:
+            stat = read_text("stat", self.proc_fd)
+        except (ProcessLookupError, FileNotFoundError):
             return False
-        return True
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) < 7 or fields[0] in ("Z", "X"):
+            return False
+        return not int(fields[6]) & PF_EXITING
 
     def close(self) -> None:
         os.close(self.proc_fd)

@@ -211,3 +211,25 @@ def in_container(c: Container, argv: Sequence[str], timeout: float = 30) -> str:
 
     res = runtimes.exec_in(c, list(argv), timeout=timeout)
     return res.stdout + res.stderr
+
+
+def host_state() -> tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[lc.Proc]]:
+    """What a run could leave on the host: mounts, bound loop devices, crashcart processes."""
+    mounts = frozenset(str(m) for m in lc.parse_mountinfo(Path("/proc/self/mountinfo").read_text())
+                       if not m.mountpoint.startswith(lc.IGNORED_HOST_PREFIXES))  # fmt: skip
+    return mounts, lc.loop_devices(), lc.crashcart_procs()
+
+
+def host_leaks(before: tuple[frozenset[str], frozenset[tuple[str, str]], frozenset[lc.Proc]],
+               settle: float = 5) -> list[str]:  # fmt: skip
+    """What appeared on the host since `before` (waiting up to `settle` seconds for
+    asynchronous teardown): for checks where the container itself is gone."""
+    end = time.monotonic() + settle
+    while True:
+        after = host_state()
+        new = [f"mount {m}" for m in after[0] - before[0]]
+        new += [f"loop {d} -> {f}" for d, f in after[1] - before[1]]
+        new += [f"process {p}" for p in after[2] - before[2]]
+        if not new or time.monotonic() > end:
+            return new
+        time.sleep(0.1)

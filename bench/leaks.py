@@ -14,6 +14,8 @@ image, records of another mount namespace) are reported apart, as "foreign", not
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,3 +197,54 @@ def toolbox_mounted(c: Container) -> bool:
     except (FileNotFoundError, ProcessLookupError):
         return False
     return any(m.mountpoint == "/dev/crashcart" for m in parse_mountinfo(text))
+
+
+class ForeignCleanupWatch:
+    """Notices another user's `crashcart cleanup` (or `-u`) while a sideload batch runs: on a
+    shared machine a test suite's cleanup unmounts every toolbox in every container, ours
+    included, which would pass for a failed -m (or hide a failed -u). A thread scans /proc
+    every ``interval`` seconds for crashcart commands that do not descend from ``runner``."""
+
+    def __init__(self, runner: int, interval: float = 0.1) -> None:
+        self.runner = runner
+        self.interval = interval
+        self.seen: dict[tuple[int, int], str] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ForeignCleanupWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _ours(self, pid: int) -> bool:
+        for _ in range(64):
+            pid = _ppid(pid)
+            if pid == self.runner:
+                return True
+            if pid <= 1:
+                return False
+        return False
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in _pids():
+                try:
+                    raw = (PROC / str(pid) / "cmdline").read_bytes()
+                except OSError:
+                    continue
+                argv = raw.decode(errors="replace").split("\0")
+                if not any(os.path.basename(a) == "crashcart" for a in argv[:2]):
+                    continue
+                if not ({"cleanup", "-u", "--unmount"} & set(argv)) or self._ours(pid):
+                    continue
+                p = _read_proc(pid)
+                if p is not None:
+                    self.seen.setdefault((p.pid, p.starttime), f"{time.strftime('%T')} {p.cmdline}")
+            self._stop.wait(self.interval)
+
+    def report(self) -> list[str]:
+        return sorted(self.seen.values())

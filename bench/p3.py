@@ -143,17 +143,24 @@ def run_runtime(
         )
         out["session_leaks"] = _settled_diffs(containers, before, host_before, runner, toolbox)
 
-        _, out["mount"] = _batch(
-            f"{runtime} -m", [[cc, "-m", c.name] for c in containers], env, err_dir
-        )
-        mounted = [c for c in containers if leaks.toolbox_mounted(c)]
-        out["mount"]["toolbox_mounted"] = len(mounted)  # type: ignore[index]
-        _, out["unmount"] = _batch(
-            f"{runtime} -u", [[cc, "-u", c.name] for c in containers], env, err_dir
-        )
-        still = [c for c in containers if leaks.toolbox_mounted(c)]
-        out["unmount"]["toolbox_still_mounted"] = len(still)  # type: ignore[index]
+        with leaks.ForeignCleanupWatch(runner) as watch:
+            _, out["mount"] = _batch(
+                f"{runtime} -m", [[cc, "-m", c.name] for c in containers], env, err_dir
+            )
+            mounted = [c for c in containers if leaks.toolbox_mounted(c)]
+            out["mount"]["toolbox_mounted"] = len(mounted)  # type: ignore[index]
+            _, out["unmount"] = _batch(
+                f"{runtime} -u", [[cc, "-u", c.name] for c in containers], env, err_dir
+            )
+            still = [c for c in containers if leaks.toolbox_mounted(c)]
+            out["unmount"]["toolbox_still_mounted"] = len(still)  # type: ignore[index]
         out["sideload_leaks"] = _settled_diffs(containers, before, host_before, runner, toolbox)
+        out["foreign_cleanups"] = watch.report()
+        if watch.report():
+            log(
+                f"P3 {runtime}: another user's crashcart cleanup/-u ran during -m/-u: "
+                f"{watch.report()[:3]}"
+            )
         for c in still:  # leave nothing: a failed -u is retried with --force
             procs.run([cc, "-u", "--force", c.name], env, err_dir=err_dir)
     finally:

@@ -80,12 +80,18 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
         ):
             b = rt[batch]
             ok = b["succeeded"] == b["count"]
+            if batch == "mount":  # exit 0 is not enough: the toolbox must be there
+                ok = ok and b.get("toolbox_mounted") == b["count"]
             leaks = rt[leak_key]["leaks"] if leak_key else 0
             met = ok and b["wall_s"] <= TARGET_P3_WALL_S and leaks == 0
             flag = {"session": "-- true", "mount": "-m", "unmount": "-u"}[batch]
             value = f"{b['succeeded']}/{b['count']} in {b['wall_s']:.2f} s"
+            if batch == "mount":
+                value += f", {b.get('toolbox_mounted')} mounted"
             if leak_key:
                 value += f", {leaks} leaks"
+            if batch != "session" and rt.get("foreign_cleanups"):
+                value += " (disturbed: another user's crashcart cleanup ran)"
             out.append(
                 _target(
                     f"P3 {rt['runtime']} {b['count']} x {flag}",
@@ -236,6 +242,8 @@ def tables(res: dict[str, Any]) -> str:
                 leaks = str(rt[leak_key]["leaks"]) if leak_key else "-"
                 if batch == "mount":
                     leaks = f"{b.get('toolbox_mounted', '?')} mounted"
+                    if rt.get("foreign_cleanups"):
+                        leaks += " (foreign cleanup ran)"
                 lines.append(
                     f"| {rt['runtime']} | {label} | {b['succeeded']}/{b['count']} | "
                     f"{b['wall_s']:.2f} | {_fmt(pp.get('median'), 0)} / {_fmt(pp.get('p95'), 0)}"
@@ -249,6 +257,11 @@ def tables(res: dict[str, Any]) -> str:
                 f"{seq.get('n')}) | | | |"
             )
         for rt in p3["runtimes"]:
+            if rt.get("foreign_cleanups"):
+                lines.append(
+                    f"\n{rt['runtime']}: another user's crashcart ran during -m/-u and may have "
+                    f"removed our toolboxes: {rt['foreign_cleanups'][:3]}"
+                )
             msgs = (rt.get("unmount") or {}).get("stderr_lines")
             if msgs and rt.get("sideload_leaks", {}).get("leaks"):
                 lines.append(

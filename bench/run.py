@@ -310,7 +310,9 @@ def main(argv: list[str] | None = None) -> int:
         m = res["machine"]
         title = (
             f"crashcart P1: attach + true, {args.runs} interleaved runs, {res['date']}\n"
-            f"{m['cores']} cores, kernel {m['kernel']}, load {m['loadavg_start']}"
+            f"{m['cores']} cores, kernel {m['kernel']}; during P1 the machine was "
+            f"{res['p1']['machine']['machine_busy_pct']:.0f}% busy, "
+            f"{res['p1']['machine']['others_pct']:.0f}% not in the measured commands"
         )
         if not chart.draw(res["p1"], title, png):
             log("matplotlib not installed: no chart (pip install -e '.[bench]')")

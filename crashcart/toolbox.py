@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from crashcart.errors import ImageError, KernelError
 from crashcart.linux import mountapi
@@ -11,7 +12,8 @@ from crashcart.linux import mountapi
 
 def open_toolbox(path: str) -> mountapi.ImageMount:
     try:
-        image_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO passed as --image must not hang the open.
+        image_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
     except FileNotFoundError:
         raise ImageError(
             f"toolbox image {path} does not exist",
@@ -20,9 +22,26 @@ def open_toolbox(path: str) -> mountapi.ImageMount:
     except OSError as e:
         raise ImageError(f"cannot open toolbox image {path}: {e.strerror}") from None
     try:
+        _check_file(image_fd, path)
         return _mount_toolbox(image_fd, path)
     finally:
         os.close(image_fd)
+
+
+def _check_file(image_fd: int, path: str) -> None:
+    """A regular file (or block device) that only root can change: the toolbox's programs
+    run as root in the target, so whoever can write the image can run code there."""
+    st = os.fstat(image_fd)
+    if stat.S_ISBLK(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError(f"toolbox image {path} is not a regular file")
+    if st.st_uid != 0 or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ImageError(
+            f"toolbox image {path} is writable by users other than root, and its programs "
+            "run as root in the target",
+            hint=f"chown root {path} && chmod go-w {path}",
+        )
 
 
 def _mount_toolbox(image_fd: int, path: str) -> mountapi.ImageMount:

@@ -254,7 +254,7 @@ def _rewrite_symlinks(rootfs: str, files: list[tuple[str, os.stat_result]], pref
 
 def _find_in_toolbox(rootfs: str, name: str) -> str | None:
     if name.startswith("/"):
-        return rootpath.resolve(rootfs, name) and name
+        return name if rootpath.exists(rootfs, name) else None
     for d in BIN_DIRS:
         candidate = f"{d}/{name}"
         real = rootpath.resolve(rootfs, candidate)

@@ -1,4 +1,5 @@
 # Shared by the crashcart helper commands (bash). Sourced, not run.
+# shellcheck shell=bash disable=SC2034  # PID and SHIFT are read by the helpers
 . /dev/crashcart/.crashcart/env.sh
 
 # cc_help "$@": print usage() and exit when asked for help.

@@ -18,7 +18,7 @@ recipes:
   default   gdb, strace, ltrace, lsof, perf, tcpdump, ip/ss, nmap, dig, curl, python3, perl,
             vim, tmux ... (55 packages, ~150 MB)
   minimal   bash, busybox, strace, gdb-minimal, iproute2, procps, lsof, tcpdump
-  full      default + bpftrace + tshark (~300 MB)
+  full      default + bpftrace + tshark (~270 MiB)
   FILE      your own recipe, a plain text file:
               # comment
               suite = bookworm            (settings: suite, mirror, variant, format,

@@ -47,8 +47,9 @@ options:
                       (default: a pty exactly when stdin and stdout are terminals)
   --caps PROFILE      capabilities the session keeps:
                         default     the target's bounding set plus sys_ptrace, net_raw,
-                                    net_admin, dac_override, dac_read_search, kill,
-                                    setuid, setgid, chown, fowner, sys_chroot
+                                    net_admin, dac_override, kill, setuid, setgid,
+                                    chown, fowner, sys_chroot (with --user other than
+                                    root: the target's bounding set only)
                         restricted  no more than the target's own bounding set
                         privileged  every capability
   --privileged        same as --caps privileged

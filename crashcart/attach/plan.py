@@ -142,17 +142,22 @@ def _lookup(name: str, table: str, kind: str) -> tuple[int, int]:
         return int(name), int(name) if kind == "group" else 0
     for line in table.splitlines():
         f = line.split(":")
-        if len(f) > 3 and f[0] == name and f[2].isdigit() and f[3].isdigit():
-            return int(f[2]), int(f[3])
+        if len(f) > 3 and f[0] == name and f[2].isdigit():
+            if kind == "group":  # name:x:GID:members
+                return int(f[2]), int(f[2])
+            if f[3].isdigit():  # name:x:UID:GID:...
+                return int(f[2]), int(f[3])
     raise UsageError(
         f"no {kind} {name!r} in the target's /etc/{'passwd' if kind == 'user' else 'group'}"
     )
 
 
-def keep_caps(profile: str, info: TargetInfo) -> int | None:
+def keep_caps(profile: str, info: TargetInfo, uid: int = 0) -> int | None:
     if profile == "privileged":
         return None
-    if profile == "restricted":
+    if profile == "restricted" or uid != 0:
+        # A user other than root holds no capability after setuid; the debugging ones
+        # would only serve a set-user-ID program of the target's, run from /target.
         return info.cap_bounding
     return info.cap_bounding | caps.mask(DEBUG_CAPS)
 
@@ -319,7 +324,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         uid=uid,
         gid=gid,
         groups=groups if info.setgroups_allowed else None,
-        keep_caps=keep_caps(opts.caps, info),
+        keep_caps=keep_caps(opts.caps, info, uid),
         label=info.label,
     )
     ctx.workdir_given = bool(opts.workdir)

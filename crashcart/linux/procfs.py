@@ -69,9 +69,19 @@ def pin(pid: int) -> Pinned:
 
 
 def read_text(name: str, dir_fd: int | None = None, limit: int = 1 << 20) -> str:
+    """The whole file, up to `limit` bytes. Read to EOF: seq_file /proc files (mountinfo,
+    maps) hand out at most about a page per read()."""
     fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
     try:
-        return os.read(fd, limit).decode(errors="replace")
+        chunks = []
+        size = 0
+        while size < limit:
+            chunk = os.read(fd, min(65536, limit - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks).decode(errors="replace")
     finally:
         os.close(fd)
 

@@ -171,3 +171,13 @@ def test_podman_malformed_store_is_a_clear_error(
     (tmp_path / "overlay-containers" / "containers.json").write_text(content)
     with pytest.raises(CrashcartError):
         podman_mod.find("x")
+
+
+def test_read_text_reads_past_one_page(tmp_path: Path) -> None:
+    """seq_file /proc files give about a page per read(): mountinfo of a container with many
+    mounts is longer (found by the P3 benchmark: -u missed the toolbox and said "not
+    mounted")."""
+    from crashcart.linux import procfs
+
+    maps = procfs.read_text(f"/proc/{os.getpid()}/maps")  # one read() gives <= 4096 bytes
+    assert len(maps) > 8192 and maps.endswith("\n")

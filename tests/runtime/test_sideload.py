@@ -260,3 +260,25 @@ def test_session_in_a_user_namespaced_container(
     assert proc.returncode == 0, proc.stderr
     out = ccrun.text(proc).split()
     assert out[0] == "0" and out[1:4] == ["0", str(runtimes.USERNS_HOST_ID), "65536"], out
+
+
+def test_many_mounts_mountinfo_longer_than_a_page(leakcheck: lc.LeakCheckFn, toolbox: str) -> None:
+    """Regression (found by bench P3): with a mount table over 4 KiB, -u read one page of
+    it, said "not mounted" and left the toolbox in the container."""
+    runtimes.require("docker")
+    name = runtimes.new_name("many-mounts")
+    tmpfs = [arg for i in range(16) for arg in ("--tmpfs", f"/mnt/t{i:02d}")]
+    runtimes.run([runtimes.DOCKER, "run", "-d", "--name", name, "--network", "none", *tmpfs,
+                  "--label", "crashcart-test=1", "crashcart-test/distroless"])  # fmt: skip
+    try:
+        pid = int(runtimes.run([runtimes.DOCKER, "inspect", "-f", "{{.State.Pid}}", name]).stdout)
+        c = Container("docker", name, name, pid, "distroless")
+        assert len(Path(f"/proc/{pid}/mountinfo").read_bytes()) > 4096
+        with leakcheck(c):
+            assert ccrun.run("-m", target(c)).returncode == 0
+            assert b"mounted, image" in ccrun.run("status", target(c)).stdout
+            u = ccrun.run("-u", target(c))
+            assert u.returncode == 0 and b"unmounted" in u.stderr, u.stderr
+        assert not mounted(c)
+    finally:
+        runtimes.remove_by_name("docker", name)

@@ -240,10 +240,10 @@ def run(args: Args) -> int:
 
 
 def run_session(args: Args) -> int:
-    from crashcart.linux.cgroups import WarmUp
+    if args.join_cgroup:
+        from crashcart.linux.cgroups import warm_up
 
-    # First, so the RCU grace period a cgroup join costs passes while we import and look up.
-    warmup = WarmUp() if args.join_cgroup else None
+        warm_up()  # first: the grace period a cgroup join waits for passes while we work
     from crashcart import targets
     from crashcart.attach.host import run_session as attach
     from crashcart.attach.options import SessionOptions, default_image
@@ -264,7 +264,7 @@ def run_session(args: Args) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
-    return attach(target, args.target, opts, warmup)
+    return attach(target, args.target, opts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from crashcart.errors import (
     CrashcartError,
     TargetGone,
 )
-from crashcart.linux import cgroups, libc, procfs, proctitle, sig, terminal
+from crashcart.linux import libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
 
 SUPERVISOR_TITLE = "crashcart: session supervisor for "
@@ -40,9 +40,7 @@ def wants_tty(opts: SessionOptions) -> bool:
     return os.isatty(0) and os.isatty(1)
 
 
-def run_session(
-    target: Target, spec_text: str, opts: SessionOptions, warmup: cgroups.WarmUp | None = None
-) -> int:
+def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
     tty = wants_tty(opts)
     prep = plan.prepare(target, spec_text, opts, tty)
     try:
@@ -50,8 +48,6 @@ def run_session(
             _print_plan(prep)
         if tty:
             prep.ctx.winsize = terminal.get_winsize(0 if os.isatty(0) else 1)
-        if warmup is not None:
-            warmup.wait()
         return _fork_and_wait(prep, tty)
     finally:
         prep.close()

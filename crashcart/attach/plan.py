@@ -205,8 +205,6 @@ def steps(
     """The session, in order. Names the namespaces actually joined (the foreign ones)."""
     before = tuple(k for k in NS_BEFORE_MOUNT if k in nss.foreign)
     out = []
-    if join_cgroup:
-        out.append(child.Step("join the target's cgroups", child.join_cgroups))
     if before:
         out.append(child.Step(f"setns {' '.join(before)}", child.join_namespaces(before)))
     if "mnt" in nss.foreign:
@@ -226,6 +224,10 @@ def steps(
         child.Step("bind /target/sys at /sys", child.bind_sys),
         child.Step("tmpfs at /tmp and /run", child.mount_tmp),
     ]
+    if join_cgroup:
+        # Late: the RCU grace period the first cgroup.procs write may wait for (see
+        # linux/cgroups.py) then overlaps the mount work above instead of preceding it.
+        out.append(child.Step("join the target's cgroups", child.join_cgroups))
     if ctx_tty:
         out.append(child.Step("devpts instance at /dev/pts, pty to the host", child.allocate_pty))
     return out

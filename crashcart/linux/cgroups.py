@@ -50,31 +50,22 @@ def find(found: Mounts, controllers: str) -> str | None:
     return None
 
 
-class WarmUp:
-    """A no-op self-migration running in a thread; wait() before forking."""
+def warm_up() -> None:
+    """Start a no-op self-migration in a thread; nothing waits for it."""
+    _thread.start_new_thread(_self_migrate, ())
 
-    def __init__(self) -> None:
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-        _thread.start_new_thread(self._run, ())
 
-    def _run(self) -> None:
-        try:
-            found = mounts()
-            for _, ctrls, path in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup")):
-                base = find(found, ctrls)
-                if base:
-                    fd = os.open(f"{base}{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-                    try:
-                        os.write(fd, str(os.getpid()).encode())
-                    finally:
-                        os.close(fd)
-                    return
-        except OSError:
-            pass  # only an optimisation
-        finally:
-            self._done.release()
-
-    def wait(self) -> None:
-        self._done.acquire()
-        self._done.release()
+def _self_migrate() -> None:
+    try:
+        found = mounts()
+        for _, ctrls, path in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup")):
+            base = find(found, ctrls)
+            if base:
+                fd = os.open(f"{base}{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.write(fd, str(os.getpid()).encode())
+                finally:
+                    os.close(fd)
+                return
+    except OSError:
+        pass  # only an optimisation

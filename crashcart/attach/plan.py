@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _socket
 import os
+import stat
 
 from crashcart.attach import child
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
@@ -112,10 +113,13 @@ def read_in_root(root_fd: int, path: str, limit: int = 1 << 20) -> str | None:
     host."""
     flags = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
     try:
-        fd = libc.openat2(root_fd, path, os.O_RDONLY | os.O_NOCTTY, flags)
+        # O_NONBLOCK: a FIFO the container put there must not hang crashcart.
+        fd = libc.openat2(root_fd, path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK, flags)
     except OSError:
         return None
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
         return os.read(fd, limit).decode(errors="replace")
     finally:
         os.close(fd)

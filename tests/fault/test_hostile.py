@@ -267,6 +267,24 @@ def test_standard_dev_entries_are_crashcarts_own(
     assert "/dev/tty character special file 5:0" in out
 
 
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_passwd_the_container_made_hostile(
+    run_container: RunFactory, kind: str, tiny: str, leakcheck: lc.LeakCheckFn
+) -> None:
+    """--user NAME reads the target's /etc/passwd (in its root, no symlink out): a FIFO
+    there must not hang crashcart, a device must not be read as a file."""
+    c = run_container()
+    make = "mkfifo /etc/passwd" if kind == "fifo" else "mknod /etc/passwd c 1 5"
+    assert "ok" in kit.in_container(c, ["sh", "-c", f"rm /etc/passwd && {make} && echo ok"])
+    with leakcheck(c):
+        named = ccrun.run("--user", "nobody", target(c), "--", "id", "-u", image=tiny,
+                          timeout=20)  # fmt: skip
+        numeric = ccrun.run("--user", "1000:1000", target(c), "--", "id", "-u", image=tiny,
+                            timeout=20)  # fmt: skip
+    assert named.returncode == 125 and b"no user 'nobody'" in named.stderr, named.stderr
+    assert numeric.returncode == 0 and numeric.stdout == b"1000\n", numeric.stderr
+
+
 @pytest.mark.parametrize("dev", ["full", "read-only"])
 def test_session_and_sideload_with_a_hostile_dev(
     run_container: RunFactory, dev: str, tiny: str, leakcheck: lc.LeakCheckFn

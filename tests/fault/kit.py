@@ -10,13 +10,14 @@ in session mode and, being static, also straight from /dev/crashcart in sideload
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tests import ccrun
@@ -232,4 +233,51 @@ def host_leaks(before: tuple[frozenset[str], frozenset[tuple[str, str]], frozens
         new += [f"process {p}" for p in after[2] - before[2]]
         if not new or time.monotonic() > end:
             return new
+        time.sleep(0.1)
+
+
+def _others(line: str) -> bool:
+    """A host mount or loop device that went away during the block and is not ours: other
+    engineers' runs (benchmarks, image builds) share this host. crashcart never unmounts a
+    host mount or detaches a loop device itself (autoclear does, for its own)."""
+    return line.startswith("  - ") and str(BUILD) not in line and "crashcart-dev" not in line
+
+
+@contextlib.contextmanager
+def leakcheck(container: Container, *, settle: float = 2.0) -> Iterator[lc.Snapshot]:
+    """tests/testbed's leak checker, minus host mounts and loop devices that *disappeared*
+    and are not the suite's own (see _others)."""
+    before = lc.snapshot(container)
+    yield before
+    kept = leaks(before, settle)
+    if kept:
+        c = container
+        head = f"leak check failed for {c.runtime} container {c.name} (pid {c.pid}, {c.image}):"
+        raise AssertionError("\n".join([head, *kept]))
+
+
+def leaks(before: lc.Snapshot, settle: float = 2.0) -> list[str]:
+    """What changed since `before` (lc.diff lines), waiting up to `settle` seconds for
+    asynchronous teardown, minus what other runs on this host removed meanwhile."""
+    deadline = time.monotonic() + settle
+    while True:
+        after = lc.snapshot(before.container)
+        lines = lc.diff(before, after)
+        section = ""
+        kept = []
+        for line in lines:
+            if not line.startswith(" "):
+                section = line
+            elif section in ("host mounts:", "host loop devices:") and _others(line):
+                continue
+            elif section == "new crashcart processes:" and " crashcart image " in line:
+                continue  # another engineer's image build, run in the background
+            kept.append(line)
+        kept = [
+            ln
+            for i, ln in enumerate(kept)
+            if ln.startswith(" ") or (i + 1 < len(kept) and kept[i + 1].startswith(" "))
+        ]
+        if not kept or time.monotonic() >= deadline:
+            return kept
         time.sleep(0.1)

@@ -337,7 +337,14 @@ def supervise(ctx: Context, final: list[Step], forwarded: tuple[int, ...]) -> in
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
     supervisor = os.getpid()
     gate, opener = os.pipe2(os.O_CLOEXEC)  # the command execs once this process is bare
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except BlockingIOError:  # EAGAIN: we are in the target's cgroups, at its pids limit
+        raise StepFailed(
+            "fork the command",
+            RuntimeError("the target's cgroup allows no more processes (its pids limit); "
+                         "--no-cgroup runs the session outside it"),
+        ) from None  # fmt: skip
     if pid == 0:
         code = EXIT_CRASHCART
         try:

@@ -285,6 +285,20 @@ def test_passwd_the_container_made_hostile(
     assert numeric.returncode == 0 and numeric.stdout == b"1000\n", numeric.stderr
 
 
+def test_container_at_its_pids_limit(
+    run_container: RunFactory, tiny: str, leakcheck: lc.LeakCheckFn
+) -> None:
+    """The session joins the target's cgroups, so their limits apply to it: at the pids
+    limit it cannot start, says why, and --no-cgroup gets in."""
+    c = run_container("--pids-limit", "1")
+    with leakcheck(c):
+        joined = ccrun.run(target(c), "--", "true", image=tiny)
+        outside = ccrun.run("--no-cgroup", target(c), "--", "echo", "ok", image=tiny)
+    assert joined.returncode == 125, joined.stderr
+    assert b"pids limit" in joined.stderr and b"--no-cgroup" in joined.stderr, joined.stderr
+    assert outside.returncode == 0 and outside.stdout == b"ok\n", outside.stderr
+
+
 @pytest.mark.parametrize("dev", ["full", "read-only"])
 def test_session_and_sideload_with_a_hostile_dev(
     run_container: RunFactory, dev: str, tiny: str, leakcheck: lc.LeakCheckFn

@@ -222,6 +222,24 @@ def test_ptrace_capable_container_gets_nothing_from_the_supervisor(
     assert command_caps & ~container_bnd == 0, hex(command_caps & ~container_bnd)
 
 
+def test_restricted_session_is_within_reach_of_the_containers_root(
+    run_container: RunFactory, tiny: str, probe: Path
+) -> None:
+    """NOT protected, by design of --caps restricted: the command then holds no capability
+    the container's root lacks, so that root (same uid) may ptrace it and open its fds
+    (the session's terminal, the operator's pipes). The supervisor stays out of reach."""
+    c = run_container()
+    put_probe(c, probe)
+    s = Live(c, tiny, "--caps", "restricted")
+    try:
+        on_command = attack(c, s.command)
+        on_supervisor = attack(c, s.supervisor)
+    finally:
+        s.end()
+    assert on_command["ptrace-attach"] == "ok", on_command  # documented in docs/security.md
+    assert succeeded(on_supervisor) == [], on_supervisor
+
+
 # ---------------------------------------------------------------------------------------------
 # What the session can see
 

@@ -16,7 +16,7 @@ DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
 RECIPE_HELP = """\
 recipes:
   default   gdb, strace, ltrace, lsof, perf, tcpdump, ip/ss, nmap, dig, curl, python3, perl,
-            vim, tmux ... (55 packages, ~150 MB)
+            vim, tmux ... (55 packages, ~140 MiB)
   minimal   bash, busybox, strace, gdb-minimal, iproute2, procps, lsof, tcpdump
   full      default + bpftrace + tshark (~270 MiB)
   FILE      your own recipe, a plain text file:

@@ -89,10 +89,11 @@ def zshenv(rootfs: str, prefix: str = PREFIX) -> str:
     """zsh ignores MODULE_PATH and FPATH from the environment: set them in ZDOTDIR/.zshenv."""
     find = _glob_finder(rootfs)
     modules = find("/usr/lib/*-linux-gnu/zsh/[0-9]*")
+    # zsh's compiled-in fpath: every function directory, Completion/Unix and the like too
+    patterns = ("/usr/share/zsh/vendor-*", "/usr/share/zsh/functions/*",
+                "/usr/share/zsh/functions/*/*")  # fmt: skip
     functions = [
-        d
-        for d in find("/usr/share/zsh/functions/*")
-        if os.path.isdir(rootpath.host_path(rootfs, d))
+        d for p in patterns for d in find(p) if os.path.isdir(rootpath.host_path(rootfs, d))
     ]
     lines = []
     if modules:

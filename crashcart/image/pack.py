@@ -1,6 +1,7 @@
 """Pack a rootfs directory into an image file: erofs (default), squashfs or ext4.
 
-Measured on the trimmed default rootfs (370 MB, 2 cores):
+Measured on the trimmed default rootfs (370 MB, 2 cores; before zsh/gconv trimming, which
+took the default image from 146.6 to 140.4 MiB):
 
     erofs lz4hc, 4 KiB pclusters            179 MiB   7 s
     erofs lz4hc, 64 KiB pclusters           156 MiB  10 s

@@ -8,9 +8,11 @@ the manifest (name, version, architecture of every package); nothing at run time
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
+import subprocess
 
 from crashcart.image import rootpath
 
@@ -39,7 +41,22 @@ TRIM_GLOBS = (
     "/usr/lib/systemd",
     "/usr/lib/tmpfiles.d",
     "/etc/machine-id",
+    # zsh ships every function directory twice: as files and as a .zwc digest (9 MB).
+    # Without the digest zsh autoloads from the files.
+    "/usr/share/zsh/functions/*.zwc",
+    "/usr/share/zsh/functions/*/*.zwc",
+    # pydoc's keyword/topic pages (help("if")): documentation
+    "/usr/lib/python3*/pydoc_data",
 )
+
+# glibc iconv modules for EBCDIC and IBM mainframe code pages (4 MB of 8): a container
+# debugger meets UTF-*, ISO-8859-*, Windows, DOS and Asian code pages, kept. iconv_open()
+# of a removed one fails cleanly with EINVAL; the module cache is rebuilt.
+GCONV_DIR = "/usr/lib/*-linux-gnu/gconv"
+GCONV_DROP = ("EBCDIC*", "IBM*")
+GCONV_KEEP = ("IBM437.so", "IBM850.so", "IBM852.so", "IBM855.so", "IBM857.so",
+              "IBM860.so", "IBM861.so", "IBM862.so", "IBM863.so", "IBM864.so",
+              "IBM865.so", "IBM866.so", "IBM869.so")  # fmt: skip
 
 # Keep the copyright files in /usr/share/doc, C.UTF-8 and locale.alias; drop the rest.
 KEEP_LOCALES = ("C.utf8", "C.UTF-8")
@@ -56,7 +73,32 @@ def trim(rootfs: str) -> int:
             removed += _remove(path)
     removed += _trim_docs(rootfs)
     removed += _trim_locales(rootfs)
+    removed += _trim_gconv(rootfs)
     return removed
+
+
+def _trim_gconv(rootfs: str) -> int:
+    removed = 0
+    for gconv in glob.glob(rootpath.host_path(rootfs, GCONV_DIR)):
+        for pattern in GCONV_DROP:
+            for path in glob.glob(os.path.join(gconv, pattern)):
+                if os.path.basename(path) not in GCONV_KEEP:
+                    removed += _remove(path)
+        if removed:
+            _rebuild_gconv_cache(rootfs, gconv)
+    return removed
+
+
+def _rebuild_gconv_cache(rootfs: str, gconv: str) -> None:
+    # The toolbox's own iconvconfig (same glibc), run before relocation while its binaries
+    # still work under chroot. Without it, drop the cache: glibc then reads the configs.
+    cache = os.path.join(gconv, "gconv-modules.cache")
+    if rootpath.exists(rootfs, "/usr/sbin/iconvconfig"):
+        proc = subprocess.run(["chroot", rootfs, "/usr/sbin/iconvconfig"], capture_output=True)
+        if proc.returncode == 0:
+            return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(cache)
 
 
 def _trim_docs(rootfs: str) -> int:

@@ -81,6 +81,9 @@ $B/gdb -q -batch -ex 'python print("gdb-python", 6 * 7)'
 # perl's @INC is compiled in: it needs PERL5LIB from env.sh (rc file, /shell, helpers)
 /dev/crashcart/shell perl -MPOSIX -e 'print "perl ", POSIX::floor(2.5), "\n"'
 $B/dig -v 2>&1
+/dev/crashcart/shell zsh -c 'autoload -Uz compinit; compinit -u -d /tmp/zc;
+    (( $+_comps[ls] )) && echo zsh-completion-ok'
+printf '\xc3\xa9' | /dev/crashcart/shell iconv -f UTF-8 -t CP1252 | od -An -tx1
 /dev/crashcart/shell check-tools -q
 """
 
@@ -94,6 +97,8 @@ def test_default_tools_run_without_glibc(default_image: Path, rootfs: RootfsFact
     assert "python /dev/crashcart/usr" in out  # no PYTHONHOME needed: found from argv[0]
     assert "gdb-python 42" in out
     assert "perl 2" in out
+    assert "zsh-completion-ok" in out  # module_path and fpath from ZDOTDIR/.zshenv
+    assert " e9" in out  # iconv through GCONV_PATH (trimmed module set, rebuilt cache)
     assert re.search(r"(?i)<html|crashcart|busybox|musl", out)  # curl fetched the page
     assert re.search(r"^(\d+)/\1 tools work$", out, re.M), out
 

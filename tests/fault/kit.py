@@ -236,11 +236,16 @@ def host_leaks(before: tuple[frozenset[str], frozenset[tuple[str, str]], frozens
         time.sleep(0.1)
 
 
-def _others(line: str) -> bool:
-    """A host mount or loop device that went away during the block and is not ours: other
-    engineers' runs (benchmarks, image builds) share this host. crashcart never unmounts a
-    host mount or detaches a loop device itself (autoclear does, for its own)."""
-    return line.startswith("  - ") and str(BUILD) not in line and "crashcart-dev" not in line
+def _others(section: str, line: str) -> bool:
+    """A change on the host that is not ours: other engineers' runs (benchmarks, image
+    builds, their own sessions with the real toolbox) share this host. A host mount or loop
+    device that went away: crashcart never unmounts a host mount or detaches a loop device
+    itself (autoclear does, for its own). A loop device that appeared backed by another
+    image than the suite's (every toolbox the suite uses lives under build/fault)."""
+    mine = str(BUILD) in line
+    if line.startswith("  - "):
+        return not mine and "crashcart-dev" not in line
+    return section == "host loop devices:" and line.startswith("  + ") and not mine
 
 
 @contextlib.contextmanager
@@ -268,7 +273,7 @@ def leaks(before: lc.Snapshot, settle: float = 2.0) -> list[str]:
         for line in lines:
             if not line.startswith(" "):
                 section = line
-            elif section in ("host mounts:", "host loop devices:") and _others(line):
+            elif section in ("host mounts:", "host loop devices:") and _others(section, line):
                 continue
             elif section == "new crashcart processes:" and " crashcart image " in line:
                 continue  # another engineer's image build, run in the background

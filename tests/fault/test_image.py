@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,18 @@ from tests.fault import kit
 from tests.fault.conftest import target
 from tests.testbed import leakcheck as lc
 from tests.testbed.runtimes import Container
+
+
+@pytest.fixture
+def scratch(tmp_path: Path) -> Iterator[Path]:
+    """A directory under build/fault: the leak checker tells the suite's loop devices from
+    other runs' by their backing file's directory."""
+    d = kit.BUILD / "scratch" / tmp_path.name
+    d.mkdir(parents=True)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def copy_of(image: str, tmp_path: Path) -> Path:
@@ -54,9 +66,9 @@ CHANGES: dict[str, Callable[[Path], None]] = {
 
 @pytest.mark.parametrize("change", CHANGES)
 def test_image_changes_under_a_live_session(
-    shared: Container, any_tiny: str, change: str, tmp_path: Path, leakcheck: lc.LeakCheckFn
+    shared: Container, any_tiny: str, change: str, scratch: Path, leakcheck: lc.LeakCheckFn
 ) -> None:
-    image = copy_of(any_tiny, tmp_path)
+    image = copy_of(any_tiny, scratch)
     with leakcheck(shared):
         p = kit.popen(target(shared), "--", "sh", "-c",
                       "echo started; read x; cat /bin/probe | wc -c", image=str(image),
@@ -75,9 +87,9 @@ def test_image_changes_under_a_live_session(
 
 @pytest.mark.parametrize("change", CHANGES)
 def test_image_changes_while_sideloaded(
-    shared: Container, any_tiny: str, change: str, tmp_path: Path, leakcheck: lc.LeakCheckFn
+    shared: Container, any_tiny: str, change: str, scratch: Path, leakcheck: lc.LeakCheckFn
 ) -> None:
-    image = copy_of(any_tiny, tmp_path)
+    image = copy_of(any_tiny, scratch)
     with leakcheck(shared):
         assert ccrun.run("-m", target(shared), image=str(image)).returncode == 0
         CHANGES[change](image)

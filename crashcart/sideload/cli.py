@@ -135,9 +135,12 @@ def status(spec: str | None, as_json: bool) -> int:
         if only and ino != os.stat(f"/proc/{only.pid}/ns/mnt").st_ino:
             continue
         try:
-            mounts = state.toolbox_mounts(state.mountinfo(pid))
+            entries = state.mountinfo(pid)
         except (OSError, ValueError):
             continue
+        if state.is_session(entries):
+            continue  # sessions are listed below, from their supervisors
+        mounts = state.toolbox_mounts(entries)
         record = state.read_record(f"mnt-{ino}")
         if record and not mounts and not state.record_is_current(record, f"mnt-{ino}"):
             record = {}  # a dead namespace's record whose inode number was reused
@@ -194,10 +197,17 @@ def cleanup(quiet: bool) -> int:
     for ino, pid in live.items():
         key = f"mnt-{ino}"
         try:
-            mounted = bool(state.toolbox_mounts(state.mountinfo(pid)))
+            entries = state.mountinfo(pid)
         except (OSError, ValueError):
             continue
-        if not mounted and not state.read_record(key):
+        if state.is_session(entries):
+            continue  # a live session's own namespace, not a container's
+        record = state.read_record(key)
+        if not state.toolbox_mounts(entries) and not record:
+            continue
+        leases = state.live_leases(record)
+        if leases:
+            print(f"mount namespace {ino} (pid {pid}): in use by crashcart -e {leases}, left as is")
             continue
         t = Target("pid", str(pid), f"pid {pid}", pid)
         try:

@@ -81,6 +81,20 @@ def toolbox_mounts(entries: list[MountEntry]) -> list[MountEntry]:
     return [m for m in entries if m.is_toolbox()]
 
 
+def is_session(entries: list[MountEntry]) -> bool:
+    """A crashcart session's private mount namespace (the toolbox is its root, the target
+    at /target): its /dev/crashcart is the session's own and goes away with it. Neither
+    `status` nor `cleanup` counts it as a container's; cleanup must never touch a live
+    session (crashcart-ng's cleanup detached other sessions' toolboxes)."""
+    root = next((m for m in entries if m.point == "/"), None)
+    return (
+        root is not None
+        and root.fstype in TOOLBOX_TYPES
+        and root.read_only
+        and any(m.point == "/target" for m in entries)
+    )
+
+
 def mount_of(entries: list[MountEntry], path: str) -> MountEntry | None:
     """The mount a path lives on: the last-mounted entry whose mount point is a prefix."""
     best: MountEntry | None = None

@@ -282,3 +282,38 @@ def test_many_mounts_mountinfo_longer_than_a_page(leakcheck: lc.LeakCheckFn, too
         assert not mounted(c)
     finally:
         runtimes.remove_by_name("docker", name)
+
+
+def test_cleanup_spares_live_sessions_and_exec_users(
+    start_container: ContainerFactory, toolbox: str
+) -> None:
+    """cleanup removes what killed runs left, never what live runs use: a session's own
+    private namespace (its /dev/crashcart) and a running -e are left alone."""
+    left = start_container("docker", "distroless")
+    sess = start_container("podman", "distroless")
+    live = start_container("docker", "busybox")
+    assert ccrun.run("-m", target(left)).returncode == 0
+    session = subprocess.Popen(
+        ccrun.argv(target(sess), "--", "sh", "-c", "sleep 4; /dev/crashcart/usr/bin/strace -V"),
+        env=ccrun.env(), cwd=ccrun.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    execing = subprocess.Popen(
+        ccrun.argv("-e", target(live), "--", "sh", "-c", "sleep 4; strace -V"),
+        env=ccrun.env(), cwd=ccrun.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        wait_for(lambda: mounted(live))
+        time.sleep(1)
+        clean = ccrun.run("cleanup")
+        assert clean.returncode == 0, clean.stderr
+        assert not mounted(left)
+        assert mounted(live) and b"in use by crashcart -e" in clean.stdout
+        out, err = session.communicate(timeout=60)
+        assert session.returncode == 0 and b"strace -- version" in out, err
+        out, err = execing.communicate(timeout=60)
+        assert execing.returncode == 0 and b"strace -- version" in out, err
+    finally:
+        for p in (session, execing):
+            p.kill()
+            p.wait()
+    assert not mounted(live)

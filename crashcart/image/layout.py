@@ -112,6 +112,26 @@ def _install_wrappers(rootfs: str, prefix: str) -> None:
             _write(rootfs, f"/usr/local/sbin/{name}", text, 0o755)
 
 
+REAL_BASH = "/usr/lib/crashcart/bash"
+
+
+def _wrap_bash(rootfs: str, bash: str, prefix: str) -> str:
+    """Move the real bash aside and put the environment-loading wrapper in its place (see
+    data/wrappers/bash); returns the real bash's path in the image."""
+    src = rootpath.host_path(rootfs, bash)
+    dst = rootpath.host_path(rootfs, REAL_BASH)
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    os.replace(src, dst)
+    text = (
+        _data("wrappers/bash")
+        .replace("@SHEBANG@", REAL_BASH)  # prefixed by relocation, like every #! line
+        .replace("@REAL@", prefix + REAL_BASH)
+        .replace("@PREFIX@", prefix)
+    )
+    _write(rootfs, bash, text, 0o755)
+    return REAL_BASH
+
+
 def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     """Install crashcart's files into `rootfs`; returns problems (e.g. no bash)."""
     problems: list[str] = []
@@ -119,6 +139,8 @@ def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     if bash is None:
         problems.append("no bash in the image: /shell, .crashcartrc and the helpers need it")
         bash = "/bin/bash"
+    else:
+        bash = _wrap_bash(rootfs, bash, prefix)
     if rootpath.exists(rootfs, "/usr/bin/wget"):
         _write(rootfs, "/.crashcart/wgetrc", environ.wgetrc(prefix))
     if rootpath.exists(rootfs, "/usr/bin/zsh") or rootpath.exists(rootfs, "/bin/zsh"):

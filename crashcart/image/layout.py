@@ -117,14 +117,14 @@ REAL_BASH = "/usr/lib/crashcart/bash"
 
 def _wrap_bash(rootfs: str, bash: str, prefix: str) -> str:
     """Move the real bash aside and put the environment-loading wrapper in its place (see
-    data/wrappers/bash); returns the real bash's path in the image."""
+    data/wrappers/bash, whose #! names REAL_BASH: relocation prefixes it like every #! line);
+    returns the real bash's path in the image."""
     src = rootpath.host_path(rootfs, bash)
     dst = rootpath.host_path(rootfs, REAL_BASH)
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.replace(src, dst)
     text = (
         _data("wrappers/bash")
-        .replace("@SHEBANG@", REAL_BASH)  # prefixed by relocation, like every #! line
         .replace("@REAL@", prefix + REAL_BASH)
         .replace("@PREFIX@", prefix)
     )

@@ -134,6 +134,14 @@ def _check(ret: int, call: str, filename: object = None) -> int:
     return ret
 
 
+def setfsids(uid: int, gid: int) -> tuple[int, int]:
+    """setfsgid + setfsuid: the ids file operations run as; returns the previous ones.
+    (These calls report no error: they return the previous id either way.)"""
+    old_gid = libc.setfsgid(_c_uint(gid))
+    old_uid = libc.setfsuid(_c_uint(uid))
+    return old_uid, old_gid
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     _check(libc.setns(fd, nstype), "setns")
 

@@ -292,7 +292,7 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
     except FileNotFoundError:
         before = os.fstat(dev)
         try:
-            os.mkdir("crashcart", 0o755, dir_fd=dev)
+            _as_container_root(uid, gid, lambda: os.mkdir("crashcart", 0o755, dir_fd=dev))
         except OSError as e:
             raise SideloadError(
                 f"cannot create /dev/crashcart in the container: {e.strerror}"
@@ -322,6 +322,17 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
     finally:
         os.close(dev)
     return created or "existing"
+
+
+def _as_container_root(uid: int, gid: int, fn: Callable[[], None]) -> None:
+    """fn() with the container root's host ids as filesystem ids: a /dev tmpfs mounted in
+    the container's user namespace refuses (EOVERFLOW) to create a file for an owner it
+    cannot map, host root included."""
+    old_uid, old_gid = libc.setfsids(uid, gid)
+    try:
+        fn()
+    finally:
+        libc.setfsids(old_uid, old_gid)
 
 
 def refuse_existing(st: os.stat_result, dev: int) -> None:

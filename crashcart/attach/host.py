@@ -147,6 +147,9 @@ def _report(sock: _socket.socket, code: int, message: str) -> None:
 def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) -> int:
     forward = _Forwarder(pidfd)
     old_handlers = {signum: sig.handle(signum, forward) for signum in FORWARDED}
+    for signum, handler in old_handlers.items():
+        if handler == sig.SIG_IGN:  # ignored by whoever started us (nohup): keep it so
+            sig.handle(signum, sig.SIG_IGN)
     mode = None
     master = None
     try:

@@ -16,6 +16,7 @@ import os
 import pty
 import select
 import signal
+import subprocess
 import time
 
 import pytest
@@ -75,6 +76,24 @@ def test_second_sigterm_ends_the_whole_session(
         p.send_signal(signal.SIGTERM)
         status, err = kit.finish(p)
     assert status == 128 + signal.SIGKILL, err
+
+
+def test_a_signal_ignored_by_crashcarts_caller_is_not_forwarded(
+    shared: Container, tiny: str, leakcheck: lc.LeakCheckFn
+) -> None:
+    """`nohup crashcart ...`: SIGHUP is ignored when crashcart starts; a hangup must not
+    end the session then (found by the soak, which runs under nohup)."""
+    with leakcheck(shared):
+        p = subprocess.Popen(
+            ccrun.argv(target(shared), "--", "sh", "-c", "sleep 1; echo survived"),
+            env=ccrun.env(tiny), cwd=ccrun.REPO, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        )  # fmt: skip
+        started(shared, "sleep 1")
+        p.send_signal(signal.SIGHUP)
+        out, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and out == b"survived\n", (p.returncode, err)
 
 
 class Terminal:

@@ -104,7 +104,15 @@ def popen(
     if fault:
         env["CRASHCART_FAULT"] = fault
     return subprocess.Popen(ccrun.argv(*args), env=env, cwd=ccrun.REPO, stdin=stdin,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_signals)  # fmt: skip
+
+
+def _default_signals() -> None:
+    """crashcart keeps ignoring what its caller ignored (nohup, a background job): a run
+    under `nohup python -m tests.fault.soak &` must still be able to signal it."""
+    for signum in (signal.SIGHUP, signal.SIGINT):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def proc_state(pid: int) -> str:

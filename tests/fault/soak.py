@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=5.0, help="seconds a teardown may take")
     ap.add_argument("--json", help="write the report here")
     args = ap.parse_args(argv)
+    # SIGTERM ends the run like Ctrl-C: its containers are removed on the way out.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     seed = args.seed if args.seed is not None else random.randrange(1 << 30)
     rts = [rt for rt in args.runtimes.split(",") if runtimes.unavailable_reason(rt) is None]
     if not rts:

@@ -429,9 +429,11 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
                 "working; new ones cannot start from /dev/crashcart)",
             )
         lazy = bool(holders)
-        o.run(lambda: _detach(len(mounted), lazy))
+        how = o.run(lambda: _detach(len(mounted), lazy, force))
         faults.point("unmount:after-detach")
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
+        if how == "busy":
+            message = "unmounted lazily; still in use by a process crashcart cannot see"
     if record.get("created_dir") in (True, "pending"):
         times = record.get("dev_times")
         o.run(lambda: _remove_point(times if isinstance(times, list) else None))
@@ -439,16 +441,30 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
     return message
 
 
-def _detach(count: int, lazy: bool) -> str:
+def _detach(count: int, lazy: bool, force: bool = False) -> str:
+    """Unmount the toolbox ("ok"). A user that users() did not see (in another pid
+    namespace, say) makes umount EBUSY: with force, detach lazily then ("busy")."""
     dev = _open_dev()
+    how = "ok"
     try:
         os.fchdir(dev)
         flags = libc.UMOUNT_NOFOLLOW | (libc.MNT_DETACH if lazy else 0)
         for _ in range(count):
-            libc.umount2("crashcart", flags)
+            try:
+                libc.umount2("crashcart", flags)
+            except OSError as e:
+                if e.errno != errno.EBUSY:
+                    raise
+                if not force:
+                    raise SideloadError(
+                        "the toolbox is in use by a process crashcart cannot see",
+                        hint="pass --force to detach it lazily",
+                    ) from None
+                libc.umount2("crashcart", flags | libc.MNT_DETACH)
+                how = "busy"
     finally:
         os.close(dev)
-    return "ok"
+    return how
 
 
 def _remove_point(times: list[int] | None) -> str:

@@ -48,6 +48,7 @@ SESSION_FAULTS = [
     "session:after-mount_tmp", "session:after-setup", "session:after-set_credentials",
 ]  # fmt: skip
 MOUNT_FAULTS = ["mount:after-record", "mount:after-mkdir", "mount:after-attach"]
+PYTHON_STARTUP = ("Could not import runpy module", "Fatal Python error: init_import_site")
 SIGNALS: list[int | str] = [signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP]
 
 
@@ -101,6 +102,8 @@ class Cycle:
                 kit.kill(pid)
         status, err = kit.finish(p, timeout=60)
         self.log.append(f"session killed by {how} after {delay:.2f}s -> {status}")
+        if err.startswith(PYTHON_STARTUP):
+            return  # SIGINT while the interpreter itself started: not crashcart's yet
         if "Traceback" in err or "internal error" in err:
             raise Unexpected(err)
 

@@ -24,6 +24,7 @@ In every case: no crashcart process, no host mount, no loop device once cleanup 
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 
 import pytest
@@ -189,3 +190,26 @@ def test_exec_passes_sigterm_to_the_runtime_and_cleans_up_after_it(
         kit.wait_for(lambda: not any("sleep 4" in x.cmdline for x in lc.pidns_procs(c.pid)),
                      timeout=10, what="the command to end")  # fmt: skip
         clean_up(tiny)
+
+
+def test_unmount_with_a_user_crashcart_cannot_see(
+    shared: Container, tiny: str, leakcheck: lc.LeakCheckFn
+) -> None:
+    """A process outside the target's pid namespace (nsenter -m) working in the toolbox:
+    crashcart's users() cannot see it and the unmount is EBUSY. -u says so; --force (and
+    `cleanup`, found by the soak failing there) detaches lazily."""
+    with leakcheck(shared, settle=5):
+        assert ccrun.run("-m", target(shared), image=tiny).returncode == 0
+        user = subprocess.Popen(["nsenter", "-t", str(shared.pid), "-m", "--", "sh", "-c",
+                                 "cd /dev/crashcart && exec sleep 30"])  # fmt: skip
+        try:
+            kit.wait_for(lambda: kit.cmdline(user.pid) == "sleep 30", what="the user to start")
+            time.sleep(0.2)
+            refused = ccrun.run("-u", target(shared))
+            forced = ccrun.run("-u", "--force", target(shared))
+        finally:
+            user.kill()
+            user.wait()
+    assert refused.returncode == 125, refused.stderr
+    assert b"in use by a process crashcart cannot see" in refused.stderr
+    assert forced.returncode == 0 and b"lazily" in forced.stderr, forced.stderr

@@ -456,9 +456,9 @@ def _detach(count: int, lazy: bool, force: bool = False) -> str:
                 if e.errno != errno.EBUSY:
                     raise
                 if not force:
-                    raise SideloadError(
-                        "the toolbox is in use by a process crashcart cannot see",
-                        hint="pass --force to detach it lazily",
+                    raise SideloadError(  # from the helper only the message crosses
+                        "the toolbox is in use by a process crashcart cannot see "
+                        "(--force detaches it lazily)"
                     ) from None
                 libc.umount2("crashcart", flags | libc.MNT_DETACH)
                 how = "busy"

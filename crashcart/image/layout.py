@@ -121,13 +121,14 @@ def _wrap_bash(rootfs: str, bash: str, prefix: str) -> str:
     returns the real bash's path in the image."""
     src = rootpath.host_path(rootfs, bash)
     dst = rootpath.host_path(rootfs, REAL_BASH)
+    if os.path.basename(bash) != "bash":  # e.g. busybox's multi-call binary: leave it be
+        return bash
+    with open(src, "rb") as f:
+        if f.read(4) != b"\x7fELF":  # already wrapped (a rebuilt toolbox), or not a binary
+            return REAL_BASH if os.path.exists(dst) else bash
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.replace(src, dst)
-    text = (
-        _data("wrappers/bash")
-        .replace("@REAL@", prefix + REAL_BASH)
-        .replace("@PREFIX@", prefix)
-    )
+    text = _data("wrappers/bash").replace("@REAL@", prefix + REAL_BASH).replace("@PREFIX@", prefix)
     _write(rootfs, bash, text, 0o755)
     return REAL_BASH
 

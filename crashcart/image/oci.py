@@ -77,11 +77,22 @@ def _save(kind: str, ref: str, out: str) -> None:
 
 
 def _extract_archive(archive: str, dest: str) -> None:
+    """Unpack a docker-archive/OCI archive (manifests and blobs: regular files and
+    directories only). tarfile's filter="data" would do the checks, but Debian 12's Python
+    is 3.11.2, which predates extraction filters (3.11.4)."""
     try:
         with tarfile.open(archive) as tar:
-            tar.extractall(dest, filter="data")
+            members = [m for m in tar.getmembers() if _plain_member(m)]
+            tar.extractall(dest, members=members)
     except (tarfile.TarError, OSError) as e:
         raise ImageError(f"cannot read image archive {archive}: {e}") from None
+
+
+def _plain_member(m: tarfile.TarInfo) -> bool:
+    name = m.name.lstrip("./")
+    parts = name.split("/")
+    safe = not m.name.startswith("/") and ".." not in parts
+    return safe and (m.isfile() or m.isdir())
 
 
 def layer_files(layout: str) -> list[str]:

@@ -101,7 +101,8 @@ def test_interactive_gdb_on_the_server_through_a_pty(
             s.wait_prompt()
             s.send(b"echo READY-$((40+2))\n")
             s.read_until(b"READY-42")
-            gdb = b"gdb -p $CRASHCART_TARGET_PID -batch -ex bt 2>&1 | grep --color=never -E '^#|Inferior'"
+            gdb = b"gdb -p $CRASHCART_TARGET_PID -batch -ex bt 2>&1"
+            gdb += b" | grep --color=never -E '^#|Inferior'"
             s.send(b"tty; stty size; " + gdb + b"\n")
             s.send(b"echo DONE-$((20+3))\n")
             out = s.read_until(b"DONE-23", timeout=60).decode(errors="replace")

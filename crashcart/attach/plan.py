@@ -16,7 +16,7 @@ from crashcart.attach import child
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
 from crashcart.errors import TargetError, TargetGone, UsageError
 from crashcart.linux import caps, cgroups, libc, mountapi, ns, procfs
-from crashcart.targets.model import Target
+from crashcart.targets.model import Target, check_identity
 from crashcart.toolbox import open_toolbox
 
 NS_BEFORE_MOUNT = ("cgroup", "ipc", "uts", "net")
@@ -301,6 +301,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         root_fd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pinned.proc_fd)
         opened.append(root_fd)
         info = read_target(pinned)
+        check_identity(target, [path for _, _, path in info.cgroups])
         cgroup_fds = open_cgroup_files(info) if opts.join_cgroup else []
         opened += cgroup_fds
         uid, gid, groups = resolve_user(opts.user, root_fd)

@@ -18,7 +18,7 @@ from crashcart import faults
 from crashcart.errors import SideloadError, TargetError, TargetGone
 from crashcart.linux import libc, mountapi, ns, procfs
 from crashcart.sideload import state
-from crashcart.targets.model import Target
+from crashcart.targets.model import Target, check_identity
 from crashcart.toolbox import open_toolbox
 
 RESOLVE_SAFE = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
@@ -35,6 +35,15 @@ class Opened:
         except procfs.ProcessGone:
             raise TargetGone(f"{target.describe()} is not running any more") from None
         self.target = target
+        try:
+            cgroups = procfs.parse_cgroup(procfs.read_text("cgroup", self.pinned.proc_fd))
+            check_identity(target, [path for _, _, path in cgroups])
+        except OSError:
+            self.pinned.close()
+            raise TargetGone(f"{target.describe()} exited") from None
+        except BaseException:
+            self.pinned.close()
+            raise
         self.nss = ns.open_namespaces(self.pinned.proc_fd, ("mnt",))
         if "mnt" not in self.nss.foreign and not allow_host:
             self.close()

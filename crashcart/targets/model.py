@@ -87,6 +87,22 @@ class Spec:
         return f"Spec{self._key()!r}"
 
 
+def check_identity(target: Target, cgroup_paths: list[str]) -> None:
+    """After pinning: the pinned process must still be the container's. A runtime names the
+    PID at one moment and crashcart pins it the next; if the container exited in between and
+    the PID was reused, the new process is not in the container's cgroup, whose path names
+    the container's ID under every runtime's default cgroup layout."""
+    if target.runtime == "pid" or any(target.id in path for path in cgroup_paths):
+        return
+    from crashcart.errors import TargetGone
+
+    raise TargetGone(
+        f"PID {target.pid} no longer belongs to {target.describe()} (it exited, and the PID "
+        "was reused?)",
+        hint=f"if its cgroup path just does not name the container, use pid://{target.pid}",
+    )
+
+
 def parse_spec(text: str, runtime: str | None = None) -> Spec:
     """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | docker:// podman:// containerd://[NS/]
     runc:// pid:// prefixed forms. --runtime forces the runtime like a prefix does."""

@@ -181,3 +181,17 @@ def test_read_text_reads_past_one_page(tmp_path: Path) -> None:
 
     maps = procfs.read_text(f"/proc/{os.getpid()}/maps")  # one read() gives <= 4096 bytes
     assert len(maps) > 8192 and maps.endswith("\n")
+
+
+def test_identity_check_after_pinning() -> None:
+    """A PID the runtime named, pinned a moment later, must still be in that container's
+    cgroup: otherwise the container exited and the PID may belong to someone else."""
+    from crashcart.errors import TargetGone
+    from crashcart.targets.model import check_identity
+
+    web = Target("docker", "abc123" * 10 + "abcd", "web", 42)
+    check_identity(web, ["/docker/" + web.id])
+    check_identity(web, ["/system.slice/docker-" + web.id + ".scope"])
+    check_identity(Target("pid", "42", "sleep", 42), ["/"])
+    with pytest.raises(TargetGone, match="no longer belongs"):
+        check_identity(web, ["/user.slice/session-3.scope"])

@@ -61,11 +61,14 @@ class Jail:
     """A process in its own pid, mount, net, uts and ipc namespaces, chrooted into a
     busybox tree: a container without a runtime."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, dev_tmpfs: bool = False) -> None:
         self.root = root
+        # With dev_tmpfs, /dev is a tmpfs of the jail's own, as LXC and nspawn give theirs.
+        run = f"mount -t tmpfs -o mode=755 jail-dev {root}/dev && " if dev_tmpfs else ""
         self.unshare = subprocess.Popen(
             ["unshare", "--fork", "--pid", "--mount", "--net", "--uts", "--ipc",
-             f"--mount-proc={root}/proc", "chroot", str(root), "/bin/sleep", "100000"],
+             f"--mount-proc={root}/proc", "sh", "-c",
+             f"{run}exec chroot {root} /bin/sleep 100000"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         self.pid = self._wait_child()
@@ -95,14 +98,24 @@ class Jail:
             pass
 
 
-@pytest.fixture
-def jail(tmp_path: Path) -> Iterator[Jail]:
+def _jail(tmp_path: Path, dev_tmpfs: bool) -> Iterator[Jail]:
     _need("unshare")
     root = tmp_path / "jail"
     _busybox_tree(root, ("proc", "dev", "etc", "tmp"))
     (root / "etc" / "passwd").write_text("root:x:0:0:root:/:/bin/sh\n")
-    j = Jail(root)
+    j = Jail(root, dev_tmpfs)
     try:
         yield j
     finally:
         j.stop()
+
+
+@pytest.fixture
+def jail(tmp_path: Path) -> Iterator[Jail]:
+    yield from _jail(tmp_path, False)
+
+
+@pytest.fixture
+def dev_jail(tmp_path: Path) -> Iterator[Jail]:
+    """A chroot jail whose /dev is a tmpfs mount of its own."""
+    yield from _jail(tmp_path, True)

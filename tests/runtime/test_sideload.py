@@ -321,3 +321,19 @@ def test_cleanup_spares_live_sessions_and_exec_users(
             p.kill()
             p.wait()
     assert not mounted(live)
+
+
+def test_read_only_rootfs(
+    readonly_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """--read-only containers: the root filesystem cannot take a mount point, /dev (a tmpfs)
+    can; session mode needs neither."""
+    c = readonly_container
+    with leakcheck(c):
+        session = ccrun.run(target(c), "--", "sh", "-c", "touch /target/x 2>&1; ps -e | wc -l")
+        m = ccrun.run("-m", target(c))
+        res = runtime_exec(c, "/dev/crashcart/bin/bash", "-c", "strace -V | head -1")
+        u = ccrun.run("-u", target(c))
+    assert session.returncode == 0 and b"Read-only file system" in session.stdout, session.stdout
+    assert m.returncode == 0 and u.returncode == 0, m.stderr + u.stderr
+    assert res.returncode == 0 and "strace -- version" in res.stdout, res.stdout + res.stderr

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-from crashcart.image import environ, rootpath
+from crashcart.image import elf, environ, rootpath
 from crashcart.image.recipe import Tool
 from crashcart.image.relocate import PREFIX
 
@@ -123,9 +123,8 @@ def _wrap_bash(rootfs: str, bash: str, prefix: str) -> str:
     dst = rootpath.host_path(rootfs, REAL_BASH)
     if os.path.basename(bash) != "bash":  # e.g. busybox's multi-call binary: leave it be
         return bash
-    with open(src, "rb") as f:
-        if f.read(4) != b"\x7fELF":  # already wrapped (a rebuilt toolbox), or not a binary
-            return REAL_BASH if os.path.exists(dst) else bash
+    if not elf.is_elf(src):  # already wrapped (a rebuilt toolbox), or not a binary
+        return REAL_BASH if os.path.exists(dst) else bash
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.replace(src, dst)
     text = _data("wrappers/bash").replace("@REAL@", prefix + REAL_BASH).replace("@PREFIX@", prefix)

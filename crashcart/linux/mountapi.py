@@ -118,12 +118,3 @@ def attach(mount_fd: int, target_dirfd: int, target_path: str = "") -> None:
     if not target_path:
         flags |= libc.MOVE_MOUNT_T_EMPTY_PATH
     libc.move_mount(mount_fd, "", target_dirfd, target_path, flags)
-
-
-def have_mount_api() -> bool:
-    """Probe the way cntr does: fsopen of a bogus type is ENOSYS only without the API."""
-    try:
-        os.close(libc.fsopen("crashcart-probe"))
-    except OSError as e:
-        return e.errno != errno.ENOSYS
-    return True

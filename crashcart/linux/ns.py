@@ -23,11 +23,6 @@ FLAGS: dict[str, int] = {
 }
 
 
-def ns_id(path: str, dir_fd: int | None = None) -> tuple[int, int]:
-    st = os.stat(path, dir_fd=dir_fd)
-    return (st.st_dev, st.st_ino)
-
-
 class Namespaces:
     """Open fds on a process's namespaces, and which of them differ from ours."""
 

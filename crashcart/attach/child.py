@@ -266,10 +266,17 @@ def bind_sys(ctx: Context) -> None:
 
 
 def mount_tmp(ctx: Context) -> None:
-    for path, mode in (("/tmp", "1777"), ("/run", "0755")):
+    """The session's own writable places: side files of its tools (history, swap, caches,
+    configuration) go here, never into the target or the read-only toolbox."""
+    for path, mode in (("/tmp", "1777"), ("/run", "0755"), ("/root", "0700")):
         fd = mountapi.fs_mount("tmpfs", {"mode": mode}, libc.MOUNT_ATTR_NOSUID)
-        mountapi.attach(fd, libc.AT_FDCWD, path)
-        os.close(fd)
+        try:
+            mountapi.attach(fd, libc.AT_FDCWD, path)
+        except FileNotFoundError:
+            if path != "/root":  # an image without /root: HOME stays read-only
+                raise
+        finally:
+            os.close(fd)
 
 
 def allocate_pty(ctx: Context) -> None:

@@ -175,15 +175,34 @@ def default_command(toolbox_fd: int) -> list[str]:
     return ["/bin/bash", "--rcfile", RC_FILE, "-i"]
 
 
+SESSION_ENV_FILE = "/.crashcart/session.env"
+
+
+def toolbox_environment(toolbox_fd: int) -> dict[str, str]:
+    """KEY=VALUE lines the image sets for every session command (the image builder decides
+    how its tools behave: where they keep side files, what they must not load from cwd)."""
+    out: dict[str, str] = {}
+    for line in (read_in_root(toolbox_fd, SESSION_ENV_FILE, 64 << 10) or "").split("\n"):
+        key, eq, value = line.strip().partition("=")
+        if eq and key and not key.startswith("#") and key.replace("_", "a").isalnum():
+            out[key] = value
+    return out
+
+
 def environment(
-    target: Target, spec_text: str, info: TargetInfo, opts: SessionOptions
+    target: Target, spec_text: str, info: TargetInfo, opts: SessionOptions, toolbox_fd: int = -1
 ) -> dict[str, str]:
     env = {
         "PATH": SESSION_PATH,
         "HOME": "/root",
         "SHELL": "/bin/bash",
         "LANG": "C.UTF-8",
+        "TMPDIR": "/tmp",
         "TERM": os.environ.get("TERM", "xterm"),
+    }
+    if toolbox_fd >= 0:
+        env.update(toolbox_environment(toolbox_fd))
+    env |= {
         "CRASHCART_MODE": "session",
         "CRASHCART_TARGET": spec_text,
         "CRASHCART_TARGET_ID": target.id,
@@ -226,7 +245,7 @@ def steps(
         ),
         child.Step("bind /dev at /target/dev", child.bind_dev_into_target),
         child.Step("bind /target/sys at /sys", child.bind_sys),
-        child.Step("tmpfs at /tmp and /run", child.mount_tmp),
+        child.Step("tmpfs at /tmp, /run and /root", child.mount_tmp),
     ]
     if join_cgroup:
         # Late: the RCU grace period the first cgroup.procs write may wait for (see
@@ -326,7 +345,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
         sock=child_sock,
         tty=tty,
         argv=argv,
-        env=environment(target, spec_text, info, opts),
+        env=environment(target, spec_text, info, opts, toolbox.fd),
         workdir=workdir(opts, info),
         uid=uid,
         gid=gid,

@@ -246,7 +246,7 @@ def test_restricted_session_is_within_reach_of_the_containers_root(
 
 def test_session_sees_nothing_of_the_host(shared: Container, tiny: str) -> None:
     """The command's view: only the toolbox, the target's mounts, its own /proc, /dev, /sys,
-    /tmp and /run; no fd but stdio; the supervisor's fds are /dev/null."""
+    /tmp, /run and /root; no fd but stdio; the supervisor's fds are /dev/null."""
     script = ("cat /proc/self/mountinfo; echo MARK; probe fds; echo MARK; "
               "for p in /proc/[0-9]*; do [ \"$(cat $p/cmdline | head -c 20)\" = "
               "\"crashcart: session s\" ] && ls -l $p/fd | grep -o '[0-9]* -> .*'; done; "
@@ -255,7 +255,7 @@ def test_session_sees_nothing_of_the_host(shared: Container, tiny: str) -> None:
     assert proc.returncode == 0, proc.stderr
     mounts, fds, sup_fds, cg_self, cg_target = ccrun.text(proc).split("MARK\n")
     points = {ln.split()[4] for ln in mounts.splitlines()}
-    allowed = ("/", "/target", "/proc", "/dev", "/sys", "/tmp", "/run")
+    allowed = ("/", "/target", "/proc", "/dev", "/sys", "/tmp", "/run", "/root")
     assert all(p in allowed or p.startswith(("/target/", "/dev/", "/sys/")) for p in points), points
     assert [ln.split()[1] for ln in fds.splitlines()] == ["0", "1", "2"], fds
     assert sorted(sup_fds.split()) == sorted("0 -> /dev/null 1 -> /dev/null 2 -> /dev/null".split())

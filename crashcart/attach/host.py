@@ -1,19 +1,20 @@
-"""The host side of a session: fork into the target's pid namespace, then wait, relay the
-terminal or pipes, forward signals, and return the command's exit status."""
+"""The host side of a session: fork the setup process, relay the terminal or pipes, forward
+signals, and return the command's exit status. Every wait here on a process the container
+can see (the supervisor, the command) is bounded or interruptible: a container may stop,
+freeze or ptrace them at any time.
+"""
 
 from __future__ import annotations
 
-import _socket
 import os
-import sys
 import time
 
 from crashcart import faults
-from crashcart.attach import child, plan, relay
+from crashcart.attach import plan, relay, setup, wire
+from crashcart.attach.child import SIG_END
 from crashcart.attach.options import SessionOptions
 from crashcart.errors import (
     EXIT_CANNOT_EXECUTE,
-    EXIT_CRASHCART,
     EXIT_NOT_FOUND,
     CannotExecute,
     CommandNotFound,
@@ -22,16 +23,19 @@ from crashcart.errors import (
 )
 from crashcart.linux import libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
+from crashcart.text import printable, safe_output
 
-SUPERVISOR_TITLE = "crashcart: session supervisor for "
-FORWARDED = (
-    sig.SIGINT,
-    sig.SIGTERM,
-    sig.SIGHUP,
-    sig.SIGQUIT,
-    sig.SIGUSR1,
-    sig.SIGUSR2,
-)
+SUPERVISOR_TITLE = setup.SUPERVISOR_TITLE
+FORWARDED = (sig.SIGINT, sig.SIGTERM, sig.SIGHUP, sig.SIGQUIT, sig.SIGUSR1, sig.SIGUSR2)
+STOPPED_GRACE = 2.0  # after the command's output ended, how long a stopped supervisor may lag
+KILL_GRACE = 2.0  # after SIGKILL, how long to wait for a process that may be frozen
+
+
+def setup_timeout() -> float:
+    try:
+        return max(0.5, float(os.environ.get("CRASHCART_SETUP_TIMEOUT", "30")))
+    except ValueError:
+        return 30.0
 
 
 def wants_tty(opts: SessionOptions) -> bool:
@@ -40,178 +44,401 @@ def wants_tty(opts: SessionOptions) -> bool:
     return os.isatty(0) and os.isatty(1)
 
 
+def say(text: str, raw: bool = False) -> None:
+    """One message on stderr; with the terminal in raw mode, at the start of a line."""
+    line = safe_output(text)
+    if raw:
+        line = "\r\n" + line.replace("\n", "\r\n") + "\r"
+    try:
+        os.write(2, (line + "\n").encode(errors="replace"))
+    except OSError:
+        pass
+
+
 def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
     tty = wants_tty(opts)
     prep = plan.prepare(target, spec_text, opts, tty)
     try:
         if opts.debug:
             _print_plan(prep)
+        if not opts.quiet:
+            for note in prep.ctx.notes:
+                say(f"crashcart: note: {note}")
         if tty:
             prep.ctx.winsize = terminal.get_winsize(0 if os.isatty(0) else 1)
-        return _fork_and_wait(prep, tty)
+        return Session(prep, tty).run()
     finally:
         prep.close()
 
 
 def _print_plan(prep: plan.Prepared) -> None:
     t = prep.target
-    lines = [
-        f"+ target {t.describe()}, pid inside {prep.info.pid_inside}",
-        f"+ toolbox {prep.toolbox.fmt} mounted detached"
-        + (f" via {prep.toolbox.loop_device}" if prep.toolbox.loop_device else " (file-backed)"),
-        "+ non-dumpable, fork into the target's pid namespace",
-        *(f"+ {step.what}" for step in prep.plan),
-        "+ fork the command; this process reaps it and ends what it leaves running",
-        *(f"+ {step.what}" for step in prep.final),
+    tb = prep.toolbox
+    lines = [f"+ target {t.describe()}, pid inside {prep.info.pid_inside}"]
+    if tb is not None:
+        how = f" via {tb.loop_device}" if tb.loop_device else " (file-backed)"
+        lines.append(f"+ toolbox {tb.fmt} mounted detached{how}")
+    lines += [
+        "+ fork the setup process (in the host's pid namespace: the container cannot see it)",
+        *(f"+ {s.what}" for s in prep.plan),
+        "+ setns pid" + (" user" if "user" in prep.ctx.nss.foreign else "")
+        + ", drop to the profile, scrub the title, fork the supervisor into the target",
+        "+ move the supervisor into the target's cgroups" if prep.cgroup_fds else
+        "+ (no cgroup to join)",
+        "+ the supervisor forks the command, reaps it and ends what it leaves running",
+        *(f"+ {s.what}" for s in prep.final),
         f"+ exec {' '.join(prep.ctx.argv)} (cwd {prep.ctx.workdir})",
-    ]
-    print("\n".join(lines), file=sys.stderr)
+    ]  # fmt: skip
+    say("\n".join(printable(line) for line in lines))
 
 
-def _fork_and_wait(prep: plan.Prepared, tty: bool) -> int:
-    pipes = relay.Pipes.for_stdio() if not tty else relay.Pipes()
-    own_pidns = os.open("/proc/self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC)
-    libc.prctl(libc.PR_SET_DUMPABLE, 0)
-    faults.point("session:before-fork")
-    # The child is visible in the container from its first instant, and anyone may read a
-    # process's cmdline: it is born with neither the host's argv nor its environment.
-    title = proctitle.save()
-    proctitle.scrub(f"{SUPERVISOR_TITLE}{prep.target.ref}")
-    try:
-        if "pid" in prep.ctx.nss.foreign:
-            libc.setns(prep.ctx.nss.fds["pid"], libc.CLONE_NEWPID)
-        try:
-            pid = os.fork()
-        except OSError as e:
-            if not prep.pinned.alive():  # ENOMEM: its pid namespace has no init any more
-                raise TargetGone(
-                    f"{prep.target.describe()} exited while crashcart attached"
-                ) from None
-            raise CrashcartError(f"cannot fork into the target's pid namespace: {e}") from None
+class Session:
+    """One session, from the fork of the setup process to the command's exit status."""
+
+    def __init__(self, prep: plan.Prepared, tty: bool) -> None:
+        self.prep = prep
+        self.tty = tty
+        self.setup_pid = -1
+        self.setup_pidfd = -1
+        self.sup_pid = -1
+        self.sup_pidfd = -1
+        self.master = -1
+        self.session_ns: tuple[int, int] | None = None
+        self.status: int | None = None  # the supervisor's wait status
+        self.exec_seen = False
+        self.error: tuple[int, str] | None = None
+        self.ended: str | None = None  # why crashcart ended the session itself
+        self.raw = False
+        self.deadline = 0.0
+        self.stopped_since = 0.0
+        self.warned_stopped = False
+        self.killed_at = 0.0
+        self.stops = 0
+        self.relay: relay.Relay | None = None
+
+    # -- the whole session -------------------------------------------------------------
+
+    def run(self) -> int:
+        pipes = relay.Pipes() if self.tty else relay.Pipes.for_stdio()
+        stdio = [pipes.ends[fd][0] for fd in (0, 1, 2)] if not self.tty else []
+        libc.prctl(libc.PR_SET_DUMPABLE, 0)
+        ctx = self.prep.ctx
+        title = f"{SUPERVISOR_TITLE}{self.prep.target.ref}"
+        areas = proctitle.areas()
+        faults.point("session:before-fork")
+        pid = os.fork()
         if pid == 0:
-            _child_main(prep, pipes, tty)
-        libc.setns(own_pidns, libc.CLONE_NEWPID) if "pid" in prep.ctx.nss.foreign else None
-    finally:
-        os.close(own_pidns)
-        proctitle.restore(title)
-    faults.point("session:after-fork")
-    pipes.close_child_ends()
-    prep.ctx.sock.close()
-    pidfd = os.pidfd_open(pid)
+            setup.setup_main(ctx, self.prep.plan, self.prep.final, title, stdio, areas)
+        self.setup_pid = pid
+        self.setup_pidfd = os.pidfd_open(pid)
+        pipes.close_child_ends()
+        self.prep.close_child_ends()
+        faults.point("session:after-fork")
+        mode = None
+        handlers = {}
+        try:
+            self._setup_phase()
+            handlers = {signum: sig.handle(signum, self._signal) for signum in FORWARDED}
+            for signum, old in handlers.items():
+                if old == sig.SIG_IGN:  # ignored by whoever started us (nohup): keep it so
+                    sig.handle(signum, sig.SIG_IGN)
+            self._let_go()
+            if self.master >= 0:
+                mode = terminal.make_raw(0) if os.isatty(0) else None
+                self.raw = mode is not None
+            self._relay(pipes)
+            return self._result()
+        finally:
+            terminal.restore(0, mode)
+            for signum, old in handlers.items():
+                sig.handle(signum, old)
+            pipes.close_host_ends()
+            self._finish()
+
+    # -- phases --------------------------------------------------------------------------
+
+    def _setup_phase(self) -> None:
+        """Until the setup process reports the supervisor (or fails, or dies, or runs out
+        of time: a FUSE mount or a frozen cgroup in the target can hang a step)."""
+        import select
+
+        sock = self.prep.host_sock
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        poller.register(self.setup_pidfd, select.POLLIN)
+        end = time.monotonic() + setup_timeout()
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise CrashcartError(
+                    f"setting up the session took more than {setup_timeout():g} s "
+                    "(a hung filesystem in the target?)",
+                    hint="CRASHCART_SETUP_TIMEOUT=SECONDS changes the limit",
+                )
+            events = dict(poller.poll(left * 1000))
+            if sock.fileno() in events:
+                kind, body, fds = wire.recv(sock)
+                if self._setup_message(kind, body, fds):
+                    return
+            elif self.setup_pidfd in events:
+                self._setup_died()
+
+    def _setup_message(self, kind: bytes, body: bytes, fds: list[int]) -> bool:
+        if kind == wire.PTY and fds:
+            self.master = fds.pop(0)
+        elif kind == wire.STARTED and fds and body.isdigit():
+            self.sup_pid, self.sup_pidfd = int(body), fds.pop(0)
+            self.session_ns = None if self.prep.in_place else _mnt_ns(self.setup_pid)
+            self.deadline = time.monotonic() + setup_timeout()
+        elif kind == wire.FAILED:
+            code, text = wire.parse_failure(body)
+            self._wait_setup(KILL_GRACE)
+            raise CrashcartError(text)
+        elif not kind:
+            self._setup_died()
+        for fd in fds:
+            os.close(fd)
+        return self.sup_pid > 0
+
+    def _setup_died(self) -> None:
+        _, status = self._wait_setup(KILL_GRACE)
+        code = os.waitstatus_to_exitcode(status) if status is not None else 0
+        if code == -sig.SIGKILL and not self.prep.pinned.alive():
+            raise TargetGone(f"{self.prep.target.describe()} exited while crashcart attached")
+        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+        raise CrashcartError(f"the session ended before the command started ({how})")
+
+    def _let_go(self) -> None:
+        """Move the supervisor into the target's cgroups (from here, outside them), then
+        let it fork the command."""
+        for fd in self.prep.cgroup_fds:
+            try:
+                os.write(fd, str(self.sup_pid).encode())
+            except ProcessLookupError:
+                break  # it died: the relay sees its pidfd
+        try:
+            os.write(self.prep.go_w, b"G")
+        except OSError:
+            pass
+        os.close(self.prep.go_w)
+        self.prep.go_w = -1
+
+    def _relay(self, pipes: relay.Pipes) -> None:
+        if self.master >= 0:
+            master = self.master
+            sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
+            terminal.copy_winsize(0, master)
+            r = relay.Relay([(0, master)], [(master, 1)], self.sup_pidfd)
+            if self.raw:
+                r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, True))
+        else:
+            r = relay.Relay(pipes.inputs(), pipes.outputs(), self.sup_pidfd,
+                            pipes.close_host_end)  # fmt: skip
+        r.watch[self.prep.report_r] = self._on_report
+        r.watch[self.prep.host_sock.fileno()] = self._on_setup
+        r.tick = self._tick
+        self.relay = r
+        r.run()
+
+    def _result(self) -> int:
+        if self.status is None and not self.ended:
+            self._wait_waited(KILL_GRACE)
+        if self.ended == "escape":
+            raise CrashcartError("session ended from the terminal (~.)")
+        if self.ended == "stuck":
+            raise CrashcartError(
+                f"the session's supervisor (pid {self._inside(self.sup_pid)} in the target) did "
+                f"not start the command within {setup_timeout():g} s"
+                + (
+                    ": it is stopped (by a process in the container?)" if self.stopped_since else ""
+                ),  # fmt: skip
+            )
+        if self.ended == "stopped":
+            raise CrashcartError(
+                "the session's supervisor was stopped from inside the container (SIGSTOP or "
+                "ptrace): the session was ended and the command's exit status is lost"
+            )
+        if self.ended == "frozen" or self.status is None:
+            raise CrashcartError(
+                "the session did not end: its processes do not respond (frozen? the container "
+                "may be paused); they end when it is unpaused"
+            )
+        code = os.waitstatus_to_exitcode(self.status)
+        if code < 0:
+            self._sweep()
+        if code == -sig.SIGKILL and not self.prep.pinned.alive():
+            # The kernel ends every process of a pid namespace whose init dies, ours included.
+            gone = TargetGone(f"{self.prep.target.describe()} ended; the session ended with it")
+            gone.exit_code = 128 + sig.SIGKILL
+            raise gone
+        if self.error:
+            ecode, text = self.error
+            if self.exec_seen and ecode == EXIT_NOT_FOUND:
+                raise CommandNotFound(text)
+            if self.exec_seen and ecode == EXIT_CANNOT_EXECUTE:
+                raise CannotExecute(text)
+            raise CrashcartError(text)
+        if not self.exec_seen:
+            how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
+            raise CrashcartError(f"the session ended before the command started ({how})")
+        return 128 - code if code < 0 else code
+
+    # -- events --------------------------------------------------------------------------
+
+    def _on_report(self) -> bool:
+        """A line from the session (untrusted: the container may write here)."""
+        try:
+            data = os.read(self.prep.report_r, 4096)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        for line in data.split(b"\n"):
+            if line[:1] == wire.EXEC:
+                self.exec_seen = True
+            elif line[:1] == wire.FAILED and self.error is None:
+                self.error = wire.parse_failure(line[1:])
+        return True
+
+    def _on_setup(self) -> bool:
+        kind, body, fds = wire.recv(self.prep.host_sock)
+        for fd in fds:
+            os.close(fd)
+        if kind == wire.WAITED and body.lstrip(b"-").isdigit():
+            self.status = int(body)
+            return True
+        return bool(kind)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        stopped = _state(self.sup_pid) in ("T", "t")
+        if stopped and not self.stopped_since:
+            self.stopped_since = now
+        elif not stopped:
+            self.stopped_since = 0.0
+        if stopped and not self.warned_stopped:
+            self.warned_stopped = True
+            say("crashcart: the session's supervisor was stopped from inside the container"
+                + ("; type ~. to end the session" if self.raw else ""), self.raw)  # fmt: skip
+        if not self.exec_seen and not self.error and now > self.deadline:
+            self._end("stuck")
+        elif (
+            stopped
+            and self.relay
+            and self.relay.outputs_done
+            and (now - self.stopped_since > STOPPED_GRACE)
+        ):
+            self._end("stopped")
+        elif self.killed_at and now - self.killed_at > KILL_GRACE:
+            self._end("frozen")
+
+    def _signal(self, signum: int, _frame: object) -> None:
+        """Signals to crashcart go to the command (through the supervisor). Asked a second
+        time to stop (SIGTERM/SIGINT), crashcart ends the whole session; a third time, it
+        kills the supervisor outright and stops waiting for it soon after."""
+        if signum in (sig.SIGTERM, sig.SIGINT):
+            self.stops += 1
+            if self.stopped_since:
+                self._end("stopped")
+                return
+            if self.stops == 2:
+                signum = SIG_END
+            elif self.stops > 2:
+                signum = sig.SIGKILL
+                self.killed_at = self.killed_at or time.monotonic()
+                _kill_pidfd(self.setup_pidfd)
+        _kill_pidfd(self.sup_pidfd, signum)
+
+    def _end(self, why: str) -> None:
+        if self.ended:
+            return
+        self.ended = why
+        _kill_pidfd(self.sup_pidfd)
+        _kill_pidfd(self.setup_pidfd)
+        if self.relay:
+            self.relay.stop()
+
+    # -- the end -------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Whatever happened: nothing of the session may outlive crashcart."""
+        if self.ended or self.status is None:
+            _kill_pidfd(self.sup_pidfd)
+            _kill_pidfd(self.setup_pidfd)
+            self._sweep()
+        self._wait_setup(KILL_GRACE)
+        for fd in (self.master, self.sup_pidfd, self.setup_pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.master = self.sup_pidfd = self.setup_pidfd = -1
+
+    def _wait_setup(self, timeout: float) -> tuple[int, int | None]:
+        """Reap the setup process (it lives in the host: it ends once killed)."""
+        if self.setup_pid <= 0:
+            return 0, None
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                pid, status = os.waitpid(self.setup_pid, os.WNOHANG)
+            except ChildProcessError:
+                self.setup_pid = -1
+                return 0, None
+            if pid:
+                self.setup_pid = -1
+                return pid, status
+            if time.monotonic() > end:
+                _kill_pidfd(self.setup_pidfd)
+                end = time.monotonic() + timeout
+            time.sleep(0.005)
+
+    def _wait_waited(self, timeout: float) -> None:
+        import select
+
+        end = time.monotonic() + timeout
+        sock = self.prep.host_sock
+        while self.status is None and time.monotonic() < end:
+            ready, _, _ = select.select([sock], [], [], max(0.0, end - time.monotonic()))
+            if not ready or not self._on_setup():
+                return
+
+    def _sweep(self) -> None:
+        """End what is left of the session (the supervisor was killed before it could):
+        everything in the session's private mount namespace."""
+        if self.session_ns is None:
+            return
+        for _ in range(100):
+            left = [p for p in procfs.pids() if _mnt_ns(p) == self.session_ns]
+            if not left:
+                return
+            for p in left:
+                procfs.kill_quietly(p)
+            time.sleep(0.01)
+
+    def _inside(self, pid: int) -> str:
+        try:
+            status = procfs.read_text(f"{procfs.PROC}/{pid}/status")
+        except OSError:
+            return "?"
+        nspids = procfs.ns_pids(status)
+        return str(nspids[-1]) if nspids else "?"
+
+
+def _kill_pidfd(pidfd: int, signum: int = sig.SIGKILL) -> None:
+    if pidfd < 0:
+        return
     try:
-        return _supervise(prep, pid, pidfd, pipes)
-    finally:
-        os.close(pidfd)
-
-
-def _child_main(prep: plan.Prepared, pipes: relay.Pipes, tty: bool) -> None:
-    code = EXIT_CRASHCART
-    faults.point("session:child-start")
-    try:
-        libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
-        # A session of its own, without a controlling terminal: otherwise any process of
-        # the session could open /dev/tty and reach the operator's terminal (TIOCSTI).
-        os.setsid()
-        prep.host_sock.close()
-        # If crashcart died before PDEATHSIG was armed, its end of the socket is closed.
-        # (getppid() is 0 across pid namespaces, and a pidfd cannot signal upwards.)
-        if child.peer_gone(prep.ctx.sock):
-            os._exit(EXIT_CRASHCART)
-        for signum in (sig.SIGPIPE, sig.SIGXFSZ, *FORWARDED):
-            sig.handle(signum, sig.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
-        if tty:  # the host's terminal never enters the container; the pty replaces it
-            null = os.open("/dev/null", os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(null, fd)
-        pipes.install_child_ends()
-        # Nothing of the host but what the session needs: no pidfd or /proc dirfd of the
-        # host's procfs, no host namespace fd, nothing crashcart's caller passed in.
-        procfs.close_fds_except({0, 1, 2, *prep.ctx.fds()})
-        child.run_plan(prep.ctx, prep.plan)
-        faults.point("session:after-setup")
-        code = child.supervise(prep.ctx, prep.final, FORWARDED)
-    except child.StepFailed as e:
-        _report(prep.ctx.sock, e.code, f"failed to attach: {e}")
-    except BaseException as e:  # noqa: BLE001 - the child must never unwind into the host's code
-        _report(prep.ctx.sock, EXIT_CRASHCART, f"failed to attach: {e!r}")
-    os._exit(code)
-
-
-def _report(sock: _socket.socket, code: int, message: str) -> None:
-    try:
-        sock.send(f"E{code}:{message}".encode())
-    except OSError:
+        libc.pidfd_send_signal(pidfd, signum)
+    except (ProcessLookupError, OSError):
         pass
 
 
-def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) -> int:
-    forward = _Forwarder(pidfd)
-    old_handlers = {signum: sig.handle(signum, forward) for signum in FORWARDED}
-    for signum, handler in old_handlers.items():
-        if handler == sig.SIG_IGN:  # ignored by whoever started us (nohup): keep it so
-            sig.handle(signum, sig.SIG_IGN)
-    mode = None
-    master = None
+def _state(pid: int) -> str:
     try:
-        master, error, started = _read_messages(prep.host_sock, pid)
-        if master is not None:
-            mode = terminal.make_raw(0) if os.isatty(0) else None
-            sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
-            terminal.copy_winsize(0, master)
-            relay.pump([(0, master)], [(master, 1)], pidfd)
-        elif pipes.active():
-            relay.pump(pipes.inputs(), pipes.outputs(), pidfd, pipes.close_host_end)
-        _, status = os.waitpid(pid, 0)
-    finally:
-        terminal.restore(0, mode)
-        for signum, handler in old_handlers.items():
-            sig.handle(signum, handler)
-        if master is not None:
-            os.close(master)
-        pipes.close_host_ends()
-    code = os.waitstatus_to_exitcode(status)
-    if code < 0 and started is not None:
-        _sweep(started)
-    if code == -sig.SIGKILL and not prep.pinned.alive():
-        # The kernel ends every process of a pid namespace whose init dies, ours included.
-        gone = TargetGone(f"{prep.target.describe()} ended; the session ended with it")
-        gone.exit_code = 128 + sig.SIGKILL
-        raise gone
-    if error:
-        ecode, _, message = error.partition(":")
-        if ecode == str(EXIT_NOT_FOUND):
-            raise CommandNotFound(message)
-        if ecode == str(EXIT_CANNOT_EXECUTE):
-            raise CannotExecute(message)
-        raise CrashcartError(message)
-    if started is None:
-        how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
-        raise CrashcartError(f"the session ended before the command started ({how})")
-    return 128 - code if code < 0 else code
-
-
-def _read_messages(
-    sock: _socket.socket, pid: int
-) -> tuple[int | None, str | None, tuple[int, int] | None]:
-    """Until the command execs (every copy of the child's end is close-on-exec or closed by
-    the supervisor, so we read EOF) or the child dies: the pty master, an error, and, once
-    the command is about to exec, the session's mount namespace (None before that)."""
-    master = None
-    error = None
-    started = None
-    while True:
-        data, fds = _recv(sock)
-        if not data:
-            return master, error, started
-        kind, body = data[:1], data[1:].decode(errors="replace")
-        if kind == b"P" and fds:
-            master = fds[0]
-        elif kind == b"E":
-            error = body
-        elif kind == b"X":
-            started = _mnt_ns(pid) or (0, 0)
-        for fd in fds[1:] if kind == b"P" else fds:
-            os.close(fd)
+        stat = procfs.read_text(f"{procfs.PROC}/{pid}/stat", limit=4096)
+    except OSError:
+        return "gone"
+    rest = stat[stat.rfind(")") + 2 :]
+    return rest[:1]
 
 
 def _mnt_ns(pid: int) -> tuple[int, int] | None:
@@ -220,53 +447,3 @@ def _mnt_ns(pid: int) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _sweep(session_ns: tuple[int, int]) -> None:
-    """The supervisor was killed (by the container, say) before it could end the session:
-    end what is left of it, found by the session's private mount namespace."""
-    if session_ns == (0, 0):
-        return
-    for _ in range(100):
-        left = [p for p in procfs.pids() if _mnt_ns(p) == session_ns]
-        if not left:
-            return
-        for p in left:
-            procfs.kill_quietly(p)
-        time.sleep(0.01)
-
-
-def _recv(sock: _socket.socket) -> tuple[bytes, list[int]]:
-    try:
-        msg, anc, _, _ = sock.recvmsg(4096, _socket.CMSG_SPACE(4 * 4))
-    except (ConnectionResetError, InterruptedError):
-        return b"", []
-    fds: list[int] = []
-    for level, kind, data in anc:
-        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += [
-                int.from_bytes(data[i : i + 4], sys.byteorder) for i in range(0, len(data) - 3, 4)
-            ]
-    return msg, fds
-
-
-class _Forwarder:
-    """Signals to crashcart go to the command (through the supervisor). Asked a second time
-    to stop (SIGTERM/SIGINT), crashcart ends the whole session; a third time, it kills the
-    supervisor outright."""
-
-    def __init__(self, pidfd: int) -> None:
-        self.pidfd = pidfd
-        self.stops = 0
-
-    def __call__(self, signum: int, frame: object) -> None:
-        if signum in (sig.SIGTERM, sig.SIGINT):
-            self.stops += 1
-            if self.stops == 2:
-                signum = child.SIG_END
-            elif self.stops > 2:
-                signum = sig.SIGKILL
-        try:
-            libc.pidfd_send_signal(self.pidfd, signum)
-        except ProcessLookupError:
-            pass

@@ -40,6 +40,7 @@ class SessionOptions:
         allow_host: bool = False,
         quiet: bool = False,
         debug: bool = False,
+        in_place: bool = False,  # the target's own mount namespace and root (-e for a PID)
     ) -> None:
         self.command = command or []
         self.image = image or default_image()
@@ -52,3 +53,4 @@ class SessionOptions:
         self.allow_host = allow_host
         self.quiet = quiet
         self.debug = debug
+        self.in_place = in_place

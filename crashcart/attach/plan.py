@@ -1,9 +1,10 @@
 """The host side's preparation of a session, and the session described as data.
 
-`prepare()` opens everything the in-namespace child will need while we still see the
-host (pidfd, namespace fds, the target's root, the detached toolbox mount, cgroup files)
-and decides credentials, capabilities, environment and command. `steps()` lists what the
-child will do, in order, so `--debug` can print it and tests can check it without root.
+`prepare()` opens everything the setup process will need while we still see the host (the
+pinned target, its namespace fds and root, the detached toolbox mount) and decides
+credentials, capabilities, environment and command. `steps()` lists what the setup process
+will do, in order, and `final_steps()` what the command does before exec, so `--debug` can
+print them and tests can check them without root.
 """
 
 from __future__ import annotations
@@ -12,105 +13,73 @@ import _socket
 import os
 import stat
 
-from crashcart.attach import child
+from crashcart.attach import child, mounts
+from crashcart.attach.context import Context, Step
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
-from crashcart.errors import TargetError, TargetGone, UsageError
+from crashcart.errors import UsageError
 from crashcart.linux import caps, cgroups, libc, mountapi, ns, procfs
-from crashcart.targets.model import Target, check_identity
+from crashcart.pinned import PinnedTarget, TargetInfo
+from crashcart.targets.model import Target
+from crashcart.text import printable
 from crashcart.toolbox import open_toolbox
 
-NS_BEFORE_MOUNT = ("cgroup", "ipc", "uts", "net")
+SESSION_ENV_FILE = "/.crashcart/session.env"
+MAX_ID = 4294967294  # (uid_t)-1 means "no change" to setresuid: never an identity
+# Filesystems crashcart will not read a container's /etc/passwd from: procfs (/proc/kmsg is
+# a regular file whose reads consume the host's kernel log), sysfs, and their kin.
+PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x27E0EB: "cgroup", 0x63677270: "cgroup2",
+             0x64626720: "debugfs", 0x74726163: "tracefs", 0x73636673: "securityfs"}  # fmt: skip
 
 
-class TargetInfo:
-    """What /proc says about the target, read once through the pinned /proc/PID dirfd."""
+class Prepared:
+    """Everything opened for a session, and its plan."""
 
-    def __init__(
-        self,
-        pid_inside: int,  # the target's PID as seen in its own pid namespace
-        cap_bounding: int,
-        cgroups: list[tuple[str, str, str]],
-        setgroups_allowed: bool,
-        label: str | None,
-        cwd: str,
-    ) -> None:
-        self.pid_inside = pid_inside
-        self.cap_bounding = cap_bounding
-        self.cgroups = cgroups
-        self.setgroups_allowed = setgroups_allowed
-        self.label = label
-        self.cwd = cwd
+    def __init__(self, target: Target, pinned: PinnedTarget, ctx: Context,
+                 host_sock: _socket.socket, report_r: int, go_w: int, cgroup_fds: list[int],
+                 plan: list[Step], final: list[Step],
+                 toolbox: mountapi.ImageMount | None) -> None:  # fmt: skip
+        self.target = target
+        self.pinned = pinned
+        self.info = pinned.info
+        self.ctx = ctx
+        self.host_sock = host_sock
+        self.report_r = report_r
+        self.go_w = go_w
+        self.cgroup_fds = cgroup_fds
+        self.plan = plan
+        self.final = final
+        self.toolbox = toolbox
+        self.in_place = toolbox is None  # the target's own mount namespace: never swept
 
+    def close_child_ends(self) -> None:
+        """After the fork of the setup process: what only it needed."""
+        for fd in (self.ctx.report_w, self.ctx.go_r):
+            if fd >= 0:
+                os.close(fd)
+        self.ctx.report_w = self.ctx.go_r = -1
+        if self.toolbox is not None:
+            self.toolbox.close()
+            self.toolbox = None
+        self.ctx.sock.close()
 
-def read_target(pinned: procfs.Pinned) -> TargetInfo:
-    fd = pinned.proc_fd
-    try:
-        status = procfs.read_text("status", fd)
-        cgroups = procfs.parse_cgroup(procfs.read_text("cgroup", fd))
-        setgroups = procfs.read_text("setgroups", fd).strip() != "deny"
-        cwd = _inside(os.readlink("cwd", dir_fd=fd), os.readlink("root", dir_fd=fd))
-    except (FileNotFoundError, ProcessLookupError):
-        raise TargetGone(f"process {pinned.pid} exited while crashcart attached") from None
-    nspids = procfs.ns_pids(status)
-    return TargetInfo(
-        nspids[-1] if nspids else pinned.pid,
-        procfs.cap_bounding(status),
-        cgroups,
-        setgroups,
-        _lsm_label(fd),
-        cwd,
-    )
-
-
-def _inside(path: str, root: str) -> str:
-    """A path as the target sees it: /proc/PID/cwd reads relative to *our* root, so for a
-    chroot-based container it carries the host path of the container's root first."""
-    if root in ("", "/"):
-        return path
-    if path == root:
-        return "/"
-    if path.startswith(root.rstrip("/") + "/"):
-        return path[len(root.rstrip("/")) :]
-    return "/"  # outside its root (or unreachable): start at the top
-
-
-def _lsm_label(proc_fd: int) -> str | None:
-    try:
-        label = procfs.read_text("attr/current", proc_fd).strip("\0\n ")
-    except OSError:
-        return None  # EINVAL: no LSM on this host
-    label = label.removesuffix(" (enforce)").removesuffix(" (complain)")
-    return None if label in ("", "unconfined", "kernel") else label
-
-
-def open_cgroup_files(info: TargetInfo) -> list[int]:
-    ours = {(c, p) for _, c, p in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup"))}
-    mounts = cgroups.mounts()
-    fds = []
-    try:
-        for _, ctrls, path in info.cgroups:
-            if (ctrls, path) in ours:
-                continue
-            base = cgroups.find(mounts, ctrls)
-            if base is None:
-                continue
-            try:
-                fds.append(os.open(f"{base}{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
-            except FileNotFoundError:
-                raise TargetGone(
-                    "the target's cgroup disappeared (the container stopped?)"
-                ) from None
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
+    def close(self) -> None:
+        for fd in (self.ctx.report_w, self.ctx.go_r, self.report_r, self.go_w, *self.cgroup_fds):
+            if fd >= 0:
+                os.close(fd)
+        self.cgroup_fds = []
+        self.report_r = self.go_w = self.ctx.report_w = self.ctx.go_r = -1
+        if self.toolbox is not None:
+            self.toolbox.close()
+            self.toolbox = None
+        self.ctx.sock.close()
+        self.host_sock.close()
+        self.pinned.close()
 
 
 def read_in_root(root_fd: int, path: str, limit: int = 1 << 20) -> str | None:
-    """A file of the container, resolved as if its root were / (symlinks cannot leave it,
-    /proc magic links are refused): what the container controls is never followed on the
-    host."""
+    """A regular file of the container, resolved as if its root were / (symlinks cannot
+    leave it, /proc magic links are refused), not on procfs, sysfs and their kin; at most
+    `limit` bytes. What the container controls is never followed on the host."""
     flags = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
     try:
         # O_NONBLOCK: a FIFO the container put there must not hang crashcart.
@@ -118,42 +87,60 @@ def read_in_root(root_fd: int, path: str, limit: int = 1 << 20) -> str | None:
     except OSError:
         return None
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        if not stat.S_ISREG(os.fstat(fd).st_mode) or libc.fstatfs_type(fd) in PSEUDO_FS:
             return None
         return os.read(fd, limit).decode(errors="replace")
     finally:
         os.close(fd)
 
 
-def resolve_user(spec: str | None, root_fd: int) -> tuple[int, int, list[int]]:
-    """--user UID[:GID] or NAME[:GROUP] (names from the target's /etc/passwd, /etc/group)."""
+def resolve_user(spec: str | None, root_fd: int, info: TargetInfo) -> tuple[int, int, str]:
+    """--user UID[:GID] or NAME[:GROUP] (names from the target's /etc/passwd, /etc/group):
+    (uid, gid, where the gid came from)."""
     if spec is None:
-        return 0, 0, []
+        return 0, 0, "root"
     user, _, group = spec.partition(":")
     passwd = read_in_root(root_fd, "/etc/passwd") or ""
-    uid, gid = _lookup(user, passwd, "user")
+    uid, gid, source = lookup_user(user, passwd, info.gid)
     if group:
-        gid = _lookup(group, read_in_root(root_fd, "/etc/group") or "", "group")[0]
-    return uid, gid, []
+        gid = lookup_group(group, read_in_root(root_fd, "/etc/group") or "")
+        source = "--user"
+    return uid, gid, source
 
 
-def _lookup(name: str, table: str, kind: str) -> tuple[int, int]:
+def _valid_id(text: str, what: str) -> int:
+    if not (text.isdigit() and text.isascii()) or int(text) > MAX_ID:
+        raise UsageError(f"invalid {what} {printable(text)!r}: IDs are 0 to {MAX_ID}")
+    return int(text)
+
+
+def _entries(table: str) -> list[list[str]]:
+    return [line.split(":") for line in table.split("\n") if line and not line.startswith("#")]
+
+
+def lookup_user(name: str, passwd: str, target_gid: int | None) -> tuple[int, int, str]:
+    """(uid, primary gid, where it came from): the user's entry in the target's /etc/passwd,
+    else (a numeric uid it lacks) the target's main process's gid."""
+    for f in _entries(passwd):
+        if len(f) > 3 and (f[0] == name or (name.isdigit() and f[2] == name)):
+            uid = _valid_id(f[2], f"uid of {f[0]!r} in the target's /etc/passwd")
+            gid = _valid_id(f[3], f"gid of {f[0]!r} in the target's /etc/passwd")
+            return uid, gid, "the target's /etc/passwd"
+    if not name.isdigit():
+        raise UsageError(f"no user {printable(name)!r} in the target's /etc/passwd")
+    uid = _valid_id(name, "uid")
+    if target_gid is not None:
+        return uid, target_gid, "the target's main process"
+    return uid, uid, "the uid"
+
+
+def lookup_group(name: str, group: str) -> int:
     if name.isdigit():
-        for line in table.splitlines():
-            f = line.split(":")
-            if len(f) > 3 and f[2] == name and f[3].isdigit():
-                return int(name), int(f[3])
-        return int(name), int(name) if kind == "group" else 0
-    for line in table.splitlines():
-        f = line.split(":")
-        if len(f) > 3 and f[0] == name and f[2].isdigit():
-            if kind == "group":  # name:x:GID:members
-                return int(f[2]), int(f[2])
-            if f[3].isdigit():  # name:x:UID:GID:...
-                return int(f[2]), int(f[3])
-    raise UsageError(
-        f"no {kind} {name!r} in the target's /etc/{'passwd' if kind == 'user' else 'group'}"
-    )
+        return _valid_id(name, "gid")
+    for f in _entries(group):
+        if len(f) > 2 and f[0] == name:
+            return _valid_id(f[2], f"gid of group {f[0]!r} in the target's /etc/group")
+    raise UsageError(f"no group {printable(name)!r} in the target's /etc/group")
 
 
 def keep_caps(profile: str, info: TargetInfo, uid: int = 0) -> int | None:
@@ -166,16 +153,15 @@ def keep_caps(profile: str, info: TargetInfo, uid: int = 0) -> int | None:
     return info.cap_bounding | caps.mask(DEBUG_CAPS)
 
 
-def default_command(toolbox_fd: int) -> list[str]:
+def default_command(toolbox_fd: int, tty: bool) -> list[str]:
+    """The toolbox's bash: interactive with its rc file on a terminal; without one it
+    reads commands from stdin like `docker exec -i CTR sh` (no prompt, no banner)."""
     flags = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
     try:
         os.close(libc.openat2(toolbox_fd, "/bin/bash", os.O_PATH, flags))
     except OSError:
-        return ["/bin/sh", "-i"]
-    return ["/bin/bash", "--rcfile", RC_FILE, "-i"]
-
-
-SESSION_ENV_FILE = "/.crashcart/session.env"
+        return ["/bin/sh", "-i"] if tty else ["/bin/sh"]
+    return ["/bin/bash", "--rcfile", RC_FILE, "-i"] if tty else ["/bin/bash"]
 
 
 def toolbox_environment(toolbox_fd: int) -> dict[str, str]:
@@ -189,9 +175,8 @@ def toolbox_environment(toolbox_fd: int) -> dict[str, str]:
     return out
 
 
-def environment(
-    target: Target, spec_text: str, info: TargetInfo, opts: SessionOptions, toolbox_fd: int = -1
-) -> dict[str, str]:
+def environment(target: Target, spec_text: str, info: TargetInfo, opts: SessionOptions,
+                toolbox_fd: int = -1) -> dict[str, str]:  # fmt: skip
     env = {
         "PATH": SESSION_PATH,
         "HOME": "/root",
@@ -204,9 +189,10 @@ def environment(
         env.update(toolbox_environment(toolbox_fd))
     env |= {
         "CRASHCART_MODE": "session",
-        "CRASHCART_TARGET": spec_text,
-        "CRASHCART_TARGET_ID": target.id,
-        "CRASHCART_TARGET_NAME": target.name,
+        # What a container chose (a PID target's comm) never reaches a shell as is.
+        "CRASHCART_TARGET": printable(spec_text),
+        "CRASHCART_TARGET_ID": printable(target.id),
+        "CRASHCART_TARGET_NAME": printable(target.name),
         "CRASHCART_RUNTIME": target.runtime,
         "CRASHCART_TARGET_PID": str(info.pid_inside),
         "CRASHCART_TARGET_ROOT": "/target",
@@ -216,144 +202,145 @@ def environment(
 
 
 def workdir(opts: SessionOptions, info: TargetInfo) -> str:
-    if opts.workdir:
-        return opts.workdir
+    """-w is the container's path, as with `docker exec -w` (a path already under /target
+    is taken as is); without it, the target's own working directory."""
+    wanted = opts.workdir
+    if wanted:
+        if wanted == "/target" or wanted.startswith("/target/") or not wanted.startswith("/"):
+            return wanted
+        return "/target" + wanted.rstrip("/") if wanted != "/" else "/target"
     cwd = info.cwd if info.cwd.startswith("/") and "\0" not in info.cwd else "/"
     return "/target" + (cwd if cwd != "/" else "")
 
 
-def steps(
-    nss: ns.Namespaces, ctx_tty: bool, join_cgroup: bool, joins_user: bool
-) -> list[child.Step]:
-    """The session, in order. Names the namespaces actually joined (the foreign ones)."""
-    before = tuple(k for k in NS_BEFORE_MOUNT if k in nss.foreign)
-    out = []
-    if before:
-        out.append(child.Step(f"setns {' '.join(before)}", child.join_namespaces(before)))
+def steps(nss: ns.Namespaces, tty: bool, *, in_place: bool = False) -> list[Step]:
+    """What the setup process does, in order. Names the namespaces actually joined."""
+    before = tuple(k for k in ns.BEFORE_MOUNT if k in nss.foreign)
+    out = [mounts.join(before)] if before else []
     if "mnt" in nss.foreign:
-        out.append(child.Step("setns mnt", child.join_namespaces(("mnt",))))
+        out.append(mounts.join(("mnt",)))
+    if in_place:
+        out.append(mounts.enter_root)
+        if tty:
+            out.append(mounts.detached_pty)
+        return out
     out += [
-        child.Step("clone the target's root tree (private)", child.clone_target_root),
-        child.Step(
-            "unshare a private mount namespace, make / rprivate", child.private_mount_namespace
-        ),
-        child.Step("pivot_root into the toolbox (ro, nosuid, nodev)", child.pivot_to_toolbox),
-        child.Step("attach the target's root at /target", child.attach_target),
-        child.Step("mount proc of the target's pid namespace at /proc", child.mount_proc),
-        child.Step(
-            "tmpfs /dev with binds of the target's /dev, toolbox at /dev/crashcart", child.build_dev
-        ),
-        child.Step("bind /dev at /target/dev", child.bind_dev_into_target),
-        child.Step("bind /target/sys at /sys", child.bind_sys),
-        child.Step("tmpfs at /tmp, /run and /root", child.mount_tmp),
+        mounts.clone_target_root,
+        mounts.clone_target_proc,
+        mounts.private_mount_namespace,
+        mounts.pivot_to_toolbox,
+        mounts.attach_target,
+        mounts.attach_proc,
+        mounts.build_dev,
+        mounts.bind_dev_into_target,
+        mounts.bind_sys,
+        mounts.mount_tmp,
     ]
-    if join_cgroup:
-        # Late: the RCU grace period the first cgroup.procs write may wait for (see
-        # linux/cgroups.py) then overlaps the mount work above instead of preceding it.
-        out.append(child.Step("join the target's cgroups", child.join_cgroups))
-    if ctx_tty:
-        out.append(child.Step("devpts instance at /dev/pts, pty to the host", child.allocate_pty))
+    if tty:
+        out.append(mounts.allocate_pty)
     return out
 
 
-def final_steps(joins_user: bool) -> list[child.Step]:
+def final_steps() -> list[Step]:
     """In the command's own process, after the supervisor forked it."""
-    out = []
-    if joins_user:
-        out.append(child.Step("setns user", child.join_user_namespace))
-    out += [
-        child.Step("drop capabilities, set uid/gid", child.set_credentials),
-        child.Step("apply the target's LSM label", child.apply_label),
-    ]
-    return out
+    return [child.set_credentials, child.apply_label]
 
 
-class Prepared:
-    """Everything opened for a session, and its plan."""
+def cgroup_files(pinned: PinnedTarget, join: bool) -> tuple[list[int], str | None]:
+    """cgroup.procs of each of the target's cgroups that we are not in, opened for writing
+    (the host moves the supervisor through them), and a note when the target is paused:
+    its freezer cgroup is left out, or the session would freeze with it."""
+    if not join:
+        return [], None
+    ours = {(c, p) for _, c, p in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup"))}
+    found = cgroups.mounts()
+    fds: list[int] = []
+    note = None
+    try:
+        for _, ctrls, path in pinned.info.cgroups:
+            base = cgroups.find(found, ctrls)
+            if (ctrls, path) in ours or base is None:
+                continue
+            if cgroups.frozen(ctrls, base, path):
+                note = (f"{pinned.target.describe()} is paused: the session does not join its "
+                        "freezer cgroup (tools that ptrace its frozen processes wait until it "
+                        "is unpaused)")  # fmt: skip
+                continue
+            try:
+                fds.append(os.open(f"{base}{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                from crashcart.errors import TargetGone
 
-    def __init__(
-        self,
-        target: Target,
-        pinned: procfs.Pinned,
-        info: TargetInfo,
-        ctx: child.Context,
-        host_sock: _socket.socket,
-        plan: list[child.Step],
-        final: list[child.Step],
-        toolbox: mountapi.ImageMount,
-    ) -> None:
-        self.target = target
-        self.pinned = pinned
-        self.info = info
-        self.ctx = ctx
-        self.host_sock = host_sock
-        self.plan = plan
-        self.final = final
-        self.toolbox = toolbox
-
-    def close(self) -> None:
-        self.ctx.nss.close()
-        for fd in (self.ctx.root_fd, *self.ctx.cgroup_fds):
+                raise TargetGone(
+                    "the target's cgroup disappeared (the container stopped?)"
+                ) from None
+    except BaseException:
+        for fd in fds:
             os.close(fd)
-        self.toolbox.close()
-        self.ctx.sock.close()
-        self.host_sock.close()
-        self.pinned.close()
+        raise
+    return fds, note
 
 
 def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> Prepared:
-    try:
-        pinned = procfs.pin(target.pid)
-    except procfs.ProcessGone:
-        raise TargetGone(f"{target.describe()} is not running any more") from None
+    pinned = PinnedTarget(target, allow_host=opts.allow_host)
     opened: list[int] = []
+    toolbox = None
     try:
-        nss = ns.open_namespaces(
-            pinned.proc_fd, ("cgroup", "ipc", "uts", "net", "pid", "mnt", "user")
-        )
-        opened += nss.fds.values()
-        if nss.is_host() and not opts.allow_host:
-            raise TargetError(
-                f"PID {target.pid} is not in a container (it shares every namespace with the host)",
-                hint="pass --allow-host to debug a host process anyway",
-            )
-        root_fd = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pinned.proc_fd)
-        opened.append(root_fd)
-        info = read_target(pinned)
-        check_identity(target, [path for _, _, path in info.cgroups])
-        cgroup_fds = open_cgroup_files(info) if opts.join_cgroup else []
+        info = pinned.info
+        cgroup_fds, paused = cgroup_files(pinned, opts.join_cgroup)
         opened += cgroup_fds
-        uid, gid, groups = resolve_user(opts.user, root_fd)
-        toolbox = open_toolbox(opts.image)
-        opened.append(toolbox.fd)
+        uid, gid, gid_from = resolve_user(opts.user, pinned.root_fd, info)
+        toolbox = None if opts.in_place else open_toolbox(opts.image)
         if not pinned.alive():
+            from crashcart.errors import TargetGone
+
             raise TargetGone(f"{target.describe()} exited while crashcart attached")
         host_sock, child_sock = _socket.socketpair(
             _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
         )
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
     except BaseException:
         for fd in opened:
             os.close(fd)
+        if toolbox is not None:
+            toolbox.close()
         pinned.close()
         raise
-    argv = opts.command or default_command(toolbox.fd)
-    ctx = child.Context(
-        nss=nss,
-        root_fd=root_fd,
-        toolbox_fd=toolbox.fd,
-        cgroup_fds=cgroup_fds,
-        sock=child_sock,
-        tty=tty,
-        argv=argv,
-        env=environment(target, spec_text, info, opts, toolbox.fd),
-        workdir=workdir(opts, info),
-        uid=uid,
-        gid=gid,
-        groups=groups if info.setgroups_allowed else None,
-        keep_caps=keep_caps(opts.caps, info, uid),
-        label=info.label,
-    )
+    ctx = _context(target, spec_text, opts, tty, pinned, toolbox, child_sock, report_w, go_r,
+                   uid, gid)  # fmt: skip
+    if paused:
+        ctx.notes.append(paused)
+    if "pid" not in pinned.nss.foreign and not pinned.nss.is_host():
+        ctx.notes.append(f"{target.describe()} shares the host's pid namespace: the session "
+                         "sees every host process")  # fmt: skip
+    if opts.debug and opts.user is not None:
+        ctx.notes.append(f"--user {printable(opts.user)}: uid {uid}, gid {gid} (from {gid_from})")
+    plan = steps(pinned.nss, tty, in_place=opts.in_place)
+    return Prepared(target, pinned, ctx, host_sock, report_r, go_w, cgroup_fds, plan,
+                    final_steps(), toolbox)  # fmt: skip
+
+
+def _context(target: Target, spec_text: str, opts: SessionOptions, tty: bool,
+             pinned: PinnedTarget, toolbox: mountapi.ImageMount | None,
+             sock: _socket.socket, report_w: int, go_r: int, uid: int,
+             gid: int) -> Context:  # fmt: skip
+    info = pinned.info
+    if opts.in_place:
+        argv, env, wd = opts.command, dict(opts.env), info.cwd
+    else:
+        assert toolbox is not None
+        argv = opts.command or default_command(toolbox.fd, tty)
+        env = environment(target, spec_text, info, opts, toolbox.fd)
+        wd = workdir(opts, info)
+    ctx = Context(
+        nss=pinned.nss, root_fd=pinned.root_fd, toolbox_fd=toolbox.fd if toolbox else -1,
+        sock=sock, report_w=report_w, go_r=go_r, tty=tty, argv=argv, env=env, workdir=wd,
+        uid=uid, gid=gid, groups=[] if info.setgroups_allowed else None,
+        keep_caps=keep_caps(opts.caps, info, uid), label=info.label,
+        pid_inside=info.pid_inside, start_time=info.start_time,
+    )  # fmt: skip
     ctx.workdir_given = bool(opts.workdir)
-    plan = steps(nss, tty, bool(cgroup_fds), "user" in nss.foreign)
-    final = final_steps("user" in nss.foreign)
-    return Prepared(target, pinned, info, ctx, host_sock, plan, final, toolbox)
+    ctx.fallback_dir = "/" if opts.in_place else "/target"
+    ctx.extra_caps = caps.mask(("kill",) + (("setuid", "setgid") if opts.user else ()))
+    return ctx

@@ -90,3 +90,12 @@ def limit_to(keep: int) -> None:
     effective, permitted, _ = current()
     set_current(effective & keep, permitted & keep, 0)
     libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def reduce_to(keep: int) -> None:
+    """Keep only `keep` in the effective, permitted and inheritable sets, and set
+    no_new_privs (lowering needs no capability; the bounding set stays as it is, which
+    matters only to a process that execs)."""
+    effective, permitted, _ = current()
+    set_current(effective & keep, permitted & keep, 0)
+    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)

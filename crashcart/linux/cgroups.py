@@ -69,3 +69,18 @@ def _self_migrate() -> None:
                 return
     except OSError:
         pass  # only an optimisation
+
+
+def frozen(controllers: str, base: str, path: str) -> bool:
+    """Whether the cgroup is frozen (the container is paused): cgroup v1's freezer.state,
+    or cgroup v2's `frozen 1` in cgroup.events."""
+    name = "cgroup.events" if not controllers else "freezer.state"
+    if controllers and "freezer" not in controllers.split(","):
+        return False
+    try:
+        text = procfs.read_text(f"{base}{path}/{name}", limit=4096)
+    except OSError:
+        return False
+    if controllers:
+        return text.strip() in ("FROZEN", "FREEZING")
+    return "frozen 1" in text.split("\n")

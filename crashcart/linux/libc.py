@@ -40,6 +40,7 @@ UMOUNT_NOFOLLOW = 0x8
 FSOPEN_CLOEXEC = 0x1
 FSCONFIG_SET_FLAG = 0
 FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_FD = 5
 FSCONFIG_CMD_CREATE = 6
 FSMOUNT_CLOEXEC = 0x1
 MOUNT_ATTR_RDONLY = 0x1
@@ -75,6 +76,9 @@ PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_NAME = 15
+PR_GET_NAME = 16
+PR_SET_CHILD_SUBREAPER = 36
 
 # x86_64 (and every architecture but alpha for numbers >= 424) syscall numbers.
 NR_PIDFD_SEND_SIGNAL = 424
@@ -206,6 +210,14 @@ def fsconfig_flag(fsfd: int, key: str) -> None:
     _check(ret, "fsconfig", key)
 
 
+def fsconfig_fd(fsfd: int, key: str, fd: int) -> None:
+    ret = libc.syscall(
+        NR_FSCONFIG, _c_int(fsfd), _c_uint(FSCONFIG_SET_FD), _c_char_p(key.encode()), None,
+        _c_int(fd),
+    )  # fmt: skip
+    _check(ret, "fsconfig", key)
+
+
 def fsconfig_create(fsfd: int) -> None:
     ret = libc.syscall(
         NR_FSCONFIG, _c_int(fsfd), _c_uint(FSCONFIG_CMD_CREATE), None, None, _c_int(0)
@@ -248,6 +260,13 @@ def mount_setattr(
         ctypes.c_size_t(ctypes.sizeof(attr)),
     )
     _check(ret, "mount_setattr", path)
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type of the filesystem an fd is on (its magic number, <linux/magic.h>)."""
+    buf = ctypes.create_string_buffer(256)  # struct statfs: f_type is the first long
+    _check(libc.fstatfs(_c_int(fd), buf), "fstatfs")
+    return int.from_bytes(buf.raw[: ctypes.sizeof(ctypes.c_long)], "little", signed=True)
 
 
 def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:

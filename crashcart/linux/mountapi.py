@@ -43,11 +43,18 @@ class ImageMount:
         os.close(self.fd)
 
 
-def _fs_create(fstype: str, options: dict[str, str], flags: tuple[str, ...] = ()) -> int:
+def _fs_create(
+    fstype: str,
+    options: dict[str, str],
+    flags: tuple[str, ...] = (),
+    fds: dict[str, int] | None = None,
+) -> int:
     fsfd = libc.fsopen(fstype)
     try:
         for key, value in options.items():
             libc.fsconfig_string(fsfd, key, value)
+        for key, fd in (fds or {}).items():
+            libc.fsconfig_fd(fsfd, key, fd)
         for key in flags:
             libc.fsconfig_flag(fsfd, key)
         libc.fsconfig_create(fsfd)
@@ -56,9 +63,12 @@ def _fs_create(fstype: str, options: dict[str, str], flags: tuple[str, ...] = ()
         os.close(fsfd)
 
 
-def fs_mount(fstype: str, options: dict[str, str], attrs: int = 0) -> int:
-    """A new detached superblock mount of a virtual filesystem (tmpfs, proc, devpts)."""
-    fd = _fs_create(fstype, options)
+def fs_mount(
+    fstype: str, options: dict[str, str], attrs: int = 0, fds: dict[str, int] | None = None
+) -> int:
+    """A new detached superblock mount of a virtual filesystem (tmpfs, proc, devpts); `fds`
+    are fd-valued parameters (procfs's pidns=, Linux >= 6.18)."""
+    fd = _fs_create(fstype, options, fds=fds)
     if attrs:
         libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, attrs)
     return fd

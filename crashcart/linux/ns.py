@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import os
 
-from crashcart.linux import libc
+from crashcart.linux import libc, procfs
 
-# Join order: mount first (it needs host privilege over the target's mount namespace and
-# is followed by the private copy), user last: once in a child user namespace we would lose
-# the host privilege the other setns calls need. "pid" only affects children.
-KINDS: tuple[str, ...] = ("cgroup", "ipc", "uts", "net", "pid", "mnt", "time", "user")
+# One table for every namespace kind: name, clone flag. The order is the join order of a
+# session: cgroup, ipc, uts, net first (they need host privilege over the target's
+# namespaces and change nothing about how paths resolve), then mnt (followed by the
+# session's private copy of it), then pid (setns(pid) only affects children: the fork
+# comes after), and user last: once in a child user namespace every capability is that
+# namespace's, and the setns calls above would fail. "time" is never joined (a debugger
+# wants the host's clocks).
+TABLE: tuple[tuple[str, int], ...] = (
+    ("cgroup", libc.CLONE_NEWCGROUP),
+    ("ipc", libc.CLONE_NEWIPC),
+    ("uts", libc.CLONE_NEWUTS),
+    ("net", libc.CLONE_NEWNET),
+    ("mnt", libc.CLONE_NEWNS),
+    ("pid", libc.CLONE_NEWPID),
+    ("time", libc.CLONE_NEWTIME),
+    ("user", libc.CLONE_NEWUSER),
+)
+KINDS: tuple[str, ...] = tuple(name for name, _ in TABLE)
+FLAGS: dict[str, int] = dict(TABLE)
+BEFORE_MOUNT = ("cgroup", "ipc", "uts", "net")
 
-FLAGS: dict[str, int] = {
-    "cgroup": libc.CLONE_NEWCGROUP,
-    "ipc": libc.CLONE_NEWIPC,
-    "uts": libc.CLONE_NEWUTS,
-    "net": libc.CLONE_NEWNET,
-    "pid": libc.CLONE_NEWPID,
-    "mnt": libc.CLONE_NEWNS,
-    "time": libc.CLONE_NEWTIME,
-    "user": libc.CLONE_NEWUSER,
-}
+
+def ns_id(pid: int | str, kind: str) -> tuple[int, int]:
+    """(st_dev, st_ino) of /proc/PID/ns/KIND: equal ids are the same namespace."""
+    st = os.stat(f"{procfs.PROC}/{pid}/ns/{kind}")
+    return st.st_dev, st.st_ino
 
 
 class Namespaces:
@@ -57,8 +68,7 @@ def open_namespaces(proc_fd: int, kinds: tuple[str, ...] = KINDS) -> Namespaces:
                 continue  # kernel without this namespace kind (time before 5.6)
             nss.fds[kind] = fd
             theirs = os.fstat(fd)
-            mine = os.stat(f"/proc/self/ns/{kind}")
-            if (theirs.st_dev, theirs.st_ino) != (mine.st_dev, mine.st_ino):
+            if (theirs.st_dev, theirs.st_ino) != ns_id("self", kind):
                 nss.foreign.add(kind)
     except BaseException:
         nss.close()

@@ -13,8 +13,14 @@ import ctypes
 
 from crashcart.linux import libc
 
-PR_SET_NAME = 15
-PR_GET_NAME = 16
+PR_SET_NAME = libc.PR_SET_NAME
+PR_GET_NAME = libc.PR_GET_NAME
+
+
+def areas() -> tuple[int, int, int, int]:
+    """Where the argument and environment areas are (read /proc/self while it is ours:
+    a forked child has the same addresses, and may not see its own /proc entry)."""
+    return _areas()
 
 
 def _areas() -> tuple[int, int, int, int]:
@@ -26,9 +32,9 @@ def _areas() -> tuple[int, int, int, int]:
     return arg_start, arg_end, env_start, env_end
 
 
-def scrub(title: str) -> None:
+def scrub(title: str, where: tuple[int, int, int, int] | None = None) -> None:
     """Replace the command line by `title`, blank the environment, set comm."""
-    arg_start, arg_end, env_start, env_end = _areas()
+    arg_start, arg_end, env_start, env_end = where or _areas()
     if arg_end > arg_start:
         data = title.encode()[: arg_end - arg_start - 1]
         ctypes.memset(arg_start, 0, arg_end - arg_start)

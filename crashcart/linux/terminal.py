@@ -19,10 +19,10 @@ TIOCSWINSZ = 0x5414
 TIOCGPTPEER = 0x5441
 
 
-def open_pty(ptmx_path: str) -> tuple[int, int]:
+def open_pty(ptmx_path: str, dir_fd: int | None = None) -> tuple[int, int]:
     """(master, slave) from a ptmx; the slave is opened from the master (TIOCGPTPEER), not
     by path, so nothing in the target's /dev can substitute it."""
-    master = os.open(ptmx_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    master = os.open(ptmx_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
         slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)

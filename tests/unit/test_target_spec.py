@@ -187,7 +187,7 @@ def test_identity_check_after_pinning() -> None:
     """A PID the runtime named, pinned a moment later, must still be in that container's
     cgroup: otherwise the container exited and the PID may belong to someone else."""
     from crashcart.errors import TargetGone
-    from crashcart.targets.model import check_identity
+    from crashcart.pinned import check_identity
 
     web = Target("docker", "abc123" * 10 + "abcd", "web", 42)
     check_identity(web, ["/docker/" + web.id])

@@ -1,0 +1,168 @@
+"""The setup process: every privileged step of a session, where the container cannot see.
+
+Forked by crashcart's host process and left in the host's pid namespace, it runs the plan
+(namespace joins, the session's mount namespace, the pty), then setns(pid) and, for a
+target with its own user namespace, setns(user); it drops to the session's capability
+profile, scrubs what a container could read of it (command line, environment), closes
+everything but what the supervisor needs, and only then forks the supervisor into the
+target's pid namespace; then it waits for it and reports its status to the host. (The host
+moves the supervisor into the target's cgroups from outside; this process never joins
+them, so it is never frozen or limited with the target.)
+"""
+
+from __future__ import annotations
+
+import _socket
+import os
+import select
+
+from crashcart import faults
+from crashcart.attach import child, wire
+from crashcart.attach.context import Context, Step, StepFailed
+from crashcart.errors import EXIT_CRASHCART
+from crashcart.linux import caps, libc, ns, procfs, proctitle, sig
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+SUPERVISOR_TITLE = "crashcart: session supervisor for "
+
+
+def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
+               stdio: list[int], areas: tuple[int, int, int, int]) -> NoReturn:  # fmt: skip
+    """The setup process's whole life; never returns into the host's code."""
+    code = EXIT_CRASHCART
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+        faults.point("session:setup-start")
+        os.setsid()  # no controlling terminal: nothing after us can reach the operator's
+        if peer_gone(ctx.sock):  # crashcart died before PDEATHSIG was armed
+            os._exit(EXIT_CRASHCART)
+        for signum in (sig.SIGPIPE, sig.SIGXFSZ, *child.FORWARDED):
+            sig.handle(signum, sig.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
+        _install_stdio(stdio)
+        procfs.close_fds_except({0, 1, 2, *ctx.fds()})
+        child.run_plan(ctx, plan)
+        faults.point("session:after-setup")
+        code = _start_supervisor(ctx, final, title, areas)
+    except StepFailed as e:
+        _failed(ctx.sock, e.code, f"failed to attach: {e}")
+    except BaseException as e:  # noqa: BLE001 - the child must never unwind into the host's code
+        _failed(ctx.sock, EXIT_CRASHCART, f"failed to attach: {e!r}")
+    os._exit(code)
+
+
+def _install_stdio(stdio: list[int]) -> None:
+    """0-2: the session's pipes (no pty) or /dev/null (pty: the command gets the pty)."""
+    if not stdio:
+        null = os.open("/dev/null", os.O_RDWR)
+        stdio = [null, null, null]
+    for fd, src in enumerate(stdio):
+        os.dup2(src, fd)
+    for src in set(stdio):
+        if src > 2:
+            os.close(src)
+
+
+def _session_null() -> None:
+    """Replace the host's /dev/null (pty sessions) with the session's own before anything
+    the container can see inherits 0-2."""
+    try:
+        null = os.open("/dev/null", os.O_RDWR | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError:
+        r, w = os.pipe()
+        os.close(w)
+        null = r
+    st = os.fstat(null)
+    if not (st.st_mode & 0o170000 == 0o020000 and st.st_rdev == os.makedev(1, 3)):
+        os.close(null)
+        r, w = os.pipe()
+        os.close(w)
+        null = r
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+
+
+def _start_supervisor(ctx: Context, final: list[Step], title: str,
+                      areas: tuple[int, int, int, int]) -> int:  # fmt: skip
+    if ctx.tty:
+        _session_null()
+    _enter_pid_and_user(ctx)
+    _scrub(title, areas)
+    _drop_privileges(ctx)
+    faults.point("session:before-fork")
+    try:
+        pid = os.fork()
+    except OSError as e:
+        raise StepFailed("fork into the target's pid namespace", e) from None
+    if pid == 0:
+        code = EXIT_CRASHCART
+        try:
+            ctx.sock.close()
+            code = child.supervisor_main(ctx, final)
+        finally:
+            os._exit(code)
+    for fd in (ctx.report_w, ctx.pty_slave, ctx.go_r):
+        if fd >= 0:
+            os.close(fd)
+    os.closerange(0, 3)
+    return _watch(ctx, pid)
+
+
+def _enter_pid_and_user(ctx: Context) -> None:
+    """setns(pid) affects only children: the fork below lands in the target's pid
+    namespace. The user namespace last: from then on every capability is its own."""
+    try:
+        ns.join(ctx.nss, ("pid", "user"))
+    except OSError as e:
+        raise StepFailed("setns pid user", e) from None
+    ctx.nss.close()
+    os.close(ctx.root_fd) if ctx.root_fd >= 0 else None
+    ctx.root_fd = -1
+
+
+def _scrub(title: str, areas: tuple[int, int, int, int]) -> None:
+    """Anyone in the container may read the supervisor's cmdline and environ: the title
+    replaces the host's command line, and the environment goes."""
+    proctitle.scrub(title, areas)
+    os.environ.clear()
+
+
+def _drop_privileges(ctx: Context) -> None:
+    """The bounding set becomes the profile's (what the command's exec gives a root
+    process); effective and permitted keep the profile plus what the supervisor and the
+    command need before exec (CAP_KILL; CAP_SETUID/SETGID for --user). Nothing inheritable,
+    nothing ambient."""
+    effective, permitted, _ = caps.current()
+    if ctx.keep_caps is None:
+        caps.set_current(effective, permitted, 0)
+        return
+    caps.drop_bounding(ctx.keep_caps)
+    keep = ctx.keep_caps | ctx.extra_caps
+    caps.set_current(effective & keep, permitted & keep, 0)
+
+
+def _watch(ctx: Context, pid: int) -> int:
+    """Tell the host the supervisor runs (its PID and pidfd: the host moves it into the
+    target's cgroups, then lets it go), wait for it and report its wait status."""
+    pidfd = os.pidfd_open(pid)
+    wire.send(ctx.sock, wire.STARTED, str(pid).encode(), fd=pidfd)
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    wire.send(ctx.sock, wire.WAITED, str(status).encode())
+    return 0
+
+
+def _failed(sock: _socket.socket, code: int, message: str) -> None:
+    try:
+        sock.send(wire.failure(code, message))
+    except OSError:
+        pass
+
+
+def peer_gone(sock: _socket.socket) -> bool:
+    poller = select.poll()
+    poller.register(sock, select.POLLHUP)
+    return bool(poller.poll(0))

@@ -152,20 +152,44 @@ def parse(argv: list[str]) -> Args:
             raise UsageError(f"unknown option {arg!r}", hint="see crashcart --help")
         i += 1
     positional = argv[i:]
-    if args.action == "session" and positional and positional[0] in SUBCOMMANDS:
+    dashed = i > 0 and argv[i - 1] == "--"
+    if args.action == "session" and positional and positional[0] in SUBCOMMANDS and not dashed:
         return _subcommand(args, positional)
     if not positional or not positional[0]:
         raise UsageError(
             "no TARGET given", hint="see crashcart --help; `crashcart ps` lists targets"
         )
     args.target = positional[0]
+    if args.target in SUBCOMMANDS:
+        _reserved(args.target)
     command = positional[1:]
     if command and command[0] == "--":
         command = command[1:]
     if command and args.action in ("mount", "unmount"):
         raise UsageError(f"-{args.action[0]} takes no command")
     args.command = command
+    _check_combination(args)
     return args
+
+
+def _reserved(word: str) -> None:
+    """One rule for the command words: where a TARGET is expected, they are refused with
+    the way to reach a container of that name."""
+    raise UsageError(
+        f"{word!r} is a crashcart command, not a target",
+        hint=f"a container named {word} is docker://{word} (or podman://{word}, ...)",
+    )
+
+
+def _check_combination(args: Args) -> None:
+    """Options that mean nothing for the action are refused, not silently ignored."""
+    if args.action == "session" and (args.json or args.force):
+        raise UsageError(f"{'--json' if args.json else '--force'} is not an option of a session",
+                         hint="--json goes with ps and status, --force with -u")  # fmt: skip
+    if args.action in ("mount", "unmount") and args.user is not None:
+        raise UsageError(f"--user does not apply to -{args.action[0]}",
+                         hint="the runtime's exec chooses the user of what runs from the "
+                         "toolbox; --user goes with a session or -e")  # fmt: skip
 
 
 def _set_valued(args: Args, attr: str, name: str, value: str) -> None:
@@ -192,15 +216,26 @@ def _subcommand(args: Args, positional: list[str]) -> Args:
     args.action = positional[0]
     rest = positional[1:]
     if args.action == "image":
+        if rest[:1] == ["--"]:
+            _reserved("image")
         args.rest = rest
         return args
-    for arg in rest:
+    rest = list(rest)
+    while rest:
+        arg = rest.pop(0)
         if arg == "--json":
             args.json = True
         elif arg == "--force":
             args.force = True
+        elif arg == "--runtime" and rest and args.action in ("status", "ps"):
+            args.runtime = rest.pop(0)
+        elif arg == "--":
+            _reserved(args.action)
         elif arg.startswith("-"):
-            raise UsageError(f"unknown option {arg!r} for {args.action}")
+            raise UsageError(
+                f"unknown option {arg!r} for {args.action}",
+                hint=f"a container named {args.action} is docker://{args.action}",
+            )
         elif args.action == "status" and args.target is None:
             args.target = arg
         else:
@@ -274,9 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         debug = args.debug
         return run(args)
     except CrashcartError as e:
-        print(f"crashcart: {e}", file=sys.stderr)
+        from crashcart.text import safe_output
+
+        print(f"crashcart: {safe_output(str(e))}", file=sys.stderr)
         if e.hint:
-            print(f"crashcart: hint: {e.hint}", file=sys.stderr)
+            print(f"crashcart: hint: {safe_output(e.hint)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
@@ -287,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-        print(f"crashcart: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        from crashcart.text import safe_output
+
+        print(f"crashcart: internal error: {type(e).__name__}: {safe_output(str(e))}",
+              file=sys.stderr)  # fmt: skip
         print("crashcart: hint: run with --debug for details", file=sys.stderr)
         return EXIT_CRASHCART

@@ -8,25 +8,40 @@ import sys
 
 from crashcart import targets
 from crashcart.attach.options import default_image
+from crashcart.attach.setup import SUPERVISOR_TITLE
 from crashcart.errors import CrashcartError, SideloadError
 from crashcart.linux import procfs
 from crashcart.sideload import ops, state
 from crashcart.targets.model import Target
+from crashcart.text import printable, shell_line
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from crashcart.cli import Args
 
 SHELL = "/dev/crashcart/shell"
 RUN_WITH_RC = '. /dev/crashcart/.crashcartrc >/dev/null 2>&1; exec "$@"'
-SUPERVISOR_TITLE = "crashcart: session supervisor for "
+
+
+def inner_argv(command: list[str], tty: bool) -> list[str]:
+    """What runs inside the container from the toolbox: the command with the toolbox's
+    environment, or its shell (interactive on a terminal, reading stdin without one)."""
+    if command:
+        return ["/dev/crashcart/bin/bash", "-c", RUN_WITH_RC, "crashcart", *command]
+    return [SHELL] if tty else ["/dev/crashcart/bin/bash"]
+
+
+def sideload_env(t: Target) -> dict[str, str]:
+    # The name may be a PID target's comm, which the container chose: never raw.
+    return {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": printable(t.name or t.id)}
 
 
 def exec_argv(t: Target, command: list[str], tty: bool) -> list[str]:
     """The runtime's own exec of `command` (or the toolbox shell) inside the target."""
-    inner = ["/dev/crashcart/bin/bash", "-c", RUN_WITH_RC, "crashcart", *command]
-    argv = inner if command else [SHELL]
-    env = {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": t.name or t.id}
+    argv = inner_argv(command, tty)
+    env = sideload_env(t)
     if t.runtime == "pid":
         envs = [f"{k}={v}" for k, v in env.items()]
         return ["nsenter", "-a", "-t", str(t.pid), "/dev/crashcart/usr/bin/env", *envs, *argv]
@@ -34,13 +49,19 @@ def exec_argv(t: Target, command: list[str], tty: bool) -> list[str]:
     return list(module.exec_argv(t, argv, tty, env))
 
 
-def usage_hint(t: Target) -> str:
-    cmd = " ".join(exec_argv(t, [], True))
-    return (
+def usage_hint(t: Target, paused: bool = False) -> str:
+    if t.runtime == "pid":
+        cmd = shell_line(["crashcart", "-e", t.ref])
+    else:
+        cmd = shell_line(exec_argv(t, [], True))
+    note = (f"note: {t.describe()} is paused: the runtime's exec fails until it is unpaused\n"
+            if paused else "")  # fmt: skip
+    return printable(
         f"the toolbox is at /dev/crashcart in {t.describe()}; use it with:\n"
         f"  {cmd}\n"
         f"  (or /dev/crashcart/profile/bin/bash --rcfile /dev/crashcart/.crashcartrc -i)\n"
-        f"remove it with: crashcart -u {t.ref}"
+        f"{note}remove it with: crashcart -u {shell_line([t.ref])}",
+        keep="\n",
     )
 
 
@@ -51,28 +72,71 @@ def _target(args: Args) -> Target:
 
 def run_sideload(args: Args) -> int:
     if args.action == "status":
-        return status(args.target, args.json)
+        return status(args.target, args.json, args.runtime)
     if args.action == "cleanup":
         return cleanup(args.quiet)
     t = _target(args)
     image = args.image or default_image()
     if args.action == "mount":
         if ops.mount(t, image, args.allow_host):
-            print(usage_hint(t))
+            print(usage_hint(t, _paused(t)))
         else:
-            print(f"a toolbox is already mounted at /dev/crashcart in {t.describe()}: nothing done")
+            print(printable(f"a toolbox is already mounted at /dev/crashcart in {t.describe()}: "
+                            "nothing done"))  # fmt: skip
         return 0
     if args.action == "unmount":
         message = ops.unmount(t, args.force, args.allow_host)
         if not args.quiet:
-            print(f"{t.describe()}: {message}", file=sys.stderr)
+            print(printable(f"{t.describe()}: {message}"), file=sys.stderr)
         return 0
     tty = args.tty if args.tty is not None else (os.isatty(0) and os.isatty(1))
-    argv = exec_argv(t, args.command, tty)
-    code, note = ops.exec_with_toolbox(t, image, lambda: _run(argv), args.allow_host)
+    if t.runtime == "pid":
+        run: Callable[[], int] = lambda: _run_in_place(t, args, tty)  # noqa: E731
+    else:
+        argv = exec_argv(t, args.command, tty)
+        run = lambda: _run(argv)  # noqa: E731
+    code, note = ops.exec_with_toolbox(t, image, run, args.allow_host)
     if note and not args.quiet:
         print(f"crashcart: {note}", file=sys.stderr)
     return code
+
+
+def _paused(t: Target) -> bool:
+    from crashcart.linux import cgroups
+
+    try:
+        lines = procfs.parse_cgroup(procfs.read_text(f"{procfs.PROC}/{t.pid}/cgroup"))
+    except OSError:
+        return False
+    found = cgroups.mounts()
+    for _, ctrls, path in lines:
+        base = cgroups.find(found, ctrls)
+        if base and cgroups.frozen(ctrls, base, path):
+            return True
+    return False
+
+
+def _run_in_place(t: Target, args: Args, tty: bool) -> int:
+    """-e for a PID: no runtime to ask, so crashcart runs the toolbox itself in the
+    target's own namespaces and root (what nsenter -a would do), through the session
+    machinery: the setup happens where the container cannot see it, and the command gets
+    the session's capability profile, never host root's."""
+    from crashcart.attach.host import run_session
+    from crashcart.attach.options import SessionOptions
+
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "TERM": os.environ.get("TERM", "xterm"),
+        "HOME": "/root",
+        **sideload_env(t),
+        **args.env,
+    }
+    opts = SessionOptions(
+        command=inner_argv(args.command, tty), tty=tty, env=env, user=args.user,
+        caps=args.caps, join_cgroup=args.join_cgroup, allow_host=True, quiet=args.quiet,
+        debug=args.debug, in_place=True,
+    )  # fmt: skip
+    return run_session(t, t.ref, opts)
 
 
 def _run(argv: list[str]) -> int:
@@ -118,7 +182,7 @@ def _mnt_namespaces() -> dict[int, int]:
     return out
 
 
-def status(spec: str | None, as_json: bool) -> int:
+def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
     known = {t.pid: t for t in targets.list_all(quiet=True)}
     by_ns: dict[int, Target] = {}
     for t in known.values():
@@ -126,21 +190,22 @@ def status(spec: str | None, as_json: bool) -> int:
             by_ns[os.stat(f"/proc/{t.pid}/ns/mnt").st_ino] = t
         except OSError:
             continue
-    only = _target_from(spec) if spec else None
+    only = _target_from(spec, runtime) if spec else None
     rows = []
+    only_ino = _mnt_ino(only.pid) if only else None
     for ino, pid in _mnt_namespaces().items():
-        t = by_ns.get(ino) or Target(
-            "pid", str(pid), procfs.read_text(f"/proc/{pid}/comm").strip(), pid
-        )
-        if only and ino != os.stat(f"/proc/{only.pid}/ns/mnt").st_ino:
+        if only and ino != only_ino:
             continue
         try:
-            entries = state.mountinfo(pid)
+            t = by_ns.get(ino) or Target(
+                "pid", str(pid), procfs.read_text(f"/proc/{pid}/comm").strip(), pid
+            )
+            entries = state.mountinfo_of(pid)
         except (OSError, ValueError):
-            continue
+            continue  # gone meanwhile (a container churning processes)
         if state.is_session(entries):
             continue  # sessions are listed below, from their supervisors
-        mounts = state.toolbox_mounts(entries)
+        mounts = state.toolbox_mounts(entries, anywhere=True)
         record = state.read_record(f"mnt-{ino}")
         if record and not mounts and not state.record_is_current(record, f"mnt-{ino}"):
             record = {}  # a dead namespace's record whose inode number was reused
@@ -149,6 +214,7 @@ def status(spec: str | None, as_json: bool) -> int:
                 {
                     "target": t.ref, "runtime": t.runtime, "name": t.name,
                     "mounted": bool(mounts), "image": record.get("image", "?"),
+                    "at": [m.point for m in mounts],
                     "since": record.get("since", "?"),
                     "exec_users": state.live_leases(record) if record else [],
                 }
@@ -164,21 +230,33 @@ def status(spec: str | None, as_json: bool) -> int:
         print("no toolbox mounted in any container")
     for r in rows:
         state_word = "mounted" if r["mounted"] else "record only (not mounted)"
+        where = [str(p) for p in r["at"] if p != state.MOUNT_POINT]  # type: ignore[attr-defined]
+        if where:
+            state_word += f" (moved by the container to {', '.join(where)})"
         users = f", used by crashcart -e {r['exec_users']}" if r["exec_users"] else ""
-        print(f"{r['runtime']} {r['name']}: /dev/crashcart {state_word}, image {r['image']}, "
-              f"since {r['since']}{users}")  # fmt: skip
+        print(printable(f"{r['runtime']} {r['name']}: /dev/crashcart {state_word}, image "
+                        f"{r['image']}, since {r['since']}{users}"))  # fmt: skip
     if sessions:
         print(f"{len(sessions)} live session(s):")
         for s in sessions:
-            print(f"  {s['target']} (supervisor pid {s['pid']})")
+            print(printable(f"  {s['target']} (supervisor pid {s['pid']})"))
     return 0
 
 
-def _target_from(spec: str) -> Target:
-    return targets.resolve(targets.parse_spec(spec))
+def _mnt_ino(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:
+        return None
+
+
+def _target_from(spec: str, runtime: str | None = None) -> Target:
+    return targets.resolve(targets.parse_spec(spec, runtime))
 
 
 def _sessions(only: Target | None) -> list[dict[str, object]]:
+    """Live sessions, from their supervisors' titles (a container can fake a title: this
+    list is for the operator's eyes, nothing acts on it)."""
     out: list[dict[str, object]] = []
     for pid in procfs.pids():
         args = procfs.cmdline(pid)
@@ -197,13 +275,13 @@ def cleanup(quiet: bool) -> int:
     for ino, pid in live.items():
         key = f"mnt-{ino}"
         try:
-            entries = state.mountinfo(pid)
+            entries = state.mountinfo_of(pid)
         except (OSError, ValueError):
             continue
         if state.is_session(entries):
             continue  # a live session's own namespace, not a container's
         record = state.read_record(key)
-        if not state.toolbox_mounts(entries) and not record:
+        if not state.toolbox_mounts(entries, anywhere=True) and not record:
             continue
         leases = state.live_leases(record)
         if leases:

@@ -16,13 +16,15 @@ from collections.abc import Callable
 
 from crashcart import faults
 from crashcart.errors import SideloadError, TargetError, TargetGone
-from crashcart.linux import libc, mountapi, ns, procfs
+from crashcart.linux import libc, mountapi, mountinfo, procfs
+from crashcart.pinned import PinnedTarget
 from crashcart.sideload import state
-from crashcart.targets.model import Target, check_identity
+from crashcart.targets.model import Target
+from crashcart.text import printable
 from crashcart.toolbox import open_toolbox
 
 RESOLVE_SAFE = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
-DEV_TYPES = ("tmpfs", "devtmpfs")
+DEV_TYPES = ("tmpfs",)
 ChildFn = Callable[[], str]
 
 
@@ -30,21 +32,9 @@ class Opened:
     """A pinned target with the fds a child needs to act in its mount namespace."""
 
     def __init__(self, target: Target, allow_host: bool = False) -> None:
-        try:
-            self.pinned = procfs.pin(target.pid)
-        except procfs.ProcessGone:
-            raise TargetGone(f"{target.describe()} is not running any more") from None
+        self.pinned = PinnedTarget(target, allow_host=True, kinds=("mnt", "pid", "net", "user"))
         self.target = target
-        try:
-            cgroups = procfs.parse_cgroup(procfs.read_text("cgroup", self.pinned.proc_fd))
-            check_identity(target, [path for _, _, path in cgroups])
-        except OSError:
-            self.pinned.close()
-            raise TargetGone(f"{target.describe()} exited") from None
-        except BaseException:
-            self.pinned.close()
-            raise
-        self.nss = ns.open_namespaces(self.pinned.proc_fd, ("mnt",))
+        self.nss = self.pinned.nss
         if "mnt" not in self.nss.foreign and not allow_host:
             self.close()
             raise TargetError(
@@ -52,20 +42,16 @@ class Opened:
                 "appear on the host",
                 hint="use session mode (crashcart TARGET) for this process",
             )
-        flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
-        self.root_fd = os.open("root", flags, dir_fd=self.pinned.proc_fd)
-        self.key = state.mnt_ns_key(target.pid)
-        self.start_time = procfs.start_time(procfs.read_text("stat", self.pinned.proc_fd))
+        self.root_fd = self.pinned.root_fd
+        self.key = self.pinned.ns_key()
+        self.start_time = self.pinned.info.start_time
 
     def close(self) -> None:
-        self.nss.close()
-        if getattr(self, "root_fd", -1) >= 0:
-            os.close(self.root_fd)
         self.pinned.close()
 
     def entries(self) -> list[state.MountEntry]:
         try:
-            return state.mountinfo(self.pinned.pid)
+            return mountinfo.read(dir_fd=self.pinned.proc_fd)
         except (FileNotFoundError, ProcessLookupError):
             raise TargetGone(f"{self.target.describe()} exited") from None
 
@@ -110,10 +96,11 @@ def run_in_child(fn: ChildFn) -> str:
         os.close(r)
         code = 1
         try:
+            _open_self()
             os.write(w, b"K" + fn().encode())
             code = 0
         except SideloadError as e:
-            os.write(w, b"E" + str(e).encode())
+            os.write(w, b"E" + str(e).encode() + b"\0" + (e.hint or "").encode())
         except OSError as e:
             os.write(w, b"E" + f"{e.strerror or e}".encode() + _name(e))
         except BaseException as e:  # noqa: BLE001 - never unwind into the parent's code
@@ -131,7 +118,41 @@ def run_in_child(fn: ChildFn) -> str:
         return data[1:]
     if not data:
         raise HelperDied("the helper process died")
-    raise SideloadError(data[1:])
+    message, _, hint = data[1:].partition("\0")
+    raise SideloadError(message, hint=hint or None)
+
+
+# The helper's own /proc/self/fd and fdinfo, opened before it joins the container: after its
+# chroot, /proc is the container's procfs, where the helper (in the host's pid namespace)
+# has no entry.
+_SELF: dict[str, int] = {}
+
+
+def _open_self() -> None:
+    for name in ("fd", "fdinfo"):
+        _SELF[name] = os.open(f"/proc/self/{name}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def mount_id(fd: int) -> int:
+    """The mount an fd is on (mnt_id in /proc/self/fdinfo)."""
+    info = procfs.read_text(str(fd), _SELF["fdinfo"])
+    for line in info.split("\n"):
+        key, _, value = line.partition(":")
+        if key == "mnt_id":
+            return int(value)
+    raise OSError(errno.EINVAL, "no mnt_id in fdinfo")
+
+
+def detach_fd_mount(fd: int) -> None:
+    """Lazily unmount the mount whose root `fd` is, wherever it now sits (through the fd's
+    magic link: no path the container controls)."""
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(_SELF["fd"])
+        libc.umount2(str(fd), libc.MNT_DETACH)
+    finally:
+        os.fchdir(here)
+        os.close(here)
 
 
 def _name(e: OSError) -> bytes:
@@ -146,8 +167,14 @@ def check_dev(entries: list[state.MountEntry]) -> None:
             "filesystem): crashcart will not create /dev/crashcart in the container's files",
             hint="use session mode (crashcart TARGET), which writes nothing into the container",
         )
+    if dev.fstype == "devtmpfs":
+        raise SideloadError(
+            "the container's /dev is a devtmpfs (the host's /dev, bound in?): /dev/crashcart "
+            "would appear on the host",
+            hint="use session mode (crashcart TARGET), which writes nothing",
+        )
     if dev.fstype not in DEV_TYPES:
-        raise SideloadError(f"the container's /dev is {dev.fstype}, not a tmpfs")
+        raise SideloadError(f"the container's /dev is {printable(dev.fstype)}, not a tmpfs")
     if dev.read_only:
         raise SideloadError(
             "the container's /dev is read-only, and crashcart never remounts the container's "
@@ -167,7 +194,12 @@ def mount(target: Target, image: str, allow_host: bool = False) -> bool:
     o = Opened(target, allow_host)
     try:
         with state.locked(o.key):
-            return _mount_locked(o, image)
+            try:
+                return _mount_locked(o, image)
+            except BaseException:
+                if not state.read_record(o.key):
+                    state.drop_record(o.key)  # its lock file too: nothing to remember
+                raise
     finally:
         o.close()
 
@@ -195,7 +227,7 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         state.write_record(o.key, record)
         faults.point("mount:after-record")
         try:
-            created = o.run(lambda: _attach(toolbox.fd, uid, gid))
+            created = o.run(lambda: _attach(toolbox.fd, uid, gid, o.pinned.proc_fd))
         except HelperDied:
             raise  # it may have made the mount point: the record stays for cleanup
         except SideloadError:
@@ -250,6 +282,11 @@ def exec_with_toolbox(
     try:
         with state.locked(o.key):
             mounted_here = _mount_locked(o, image, lease=True)
+            try:
+                check_in_place(o.entries())
+            except SideloadError:
+                _leave(o, mounted_here)
+                raise
         note = None
         faults.point("exec:after-mount")
         try:
@@ -260,6 +297,21 @@ def exec_with_toolbox(
         return status, note
     finally:
         o.close()
+
+
+def check_in_place(entries: list[state.MountEntry]) -> None:
+    """Before -e runs anything from /dev/crashcart: what is there is a toolbox mount, on
+    top (nothing mounted over it or under it), not a directory the container filled."""
+    here = [m for m in entries if m.point == state.MOUNT_POINT]
+    parents = {m.parent_id for m in here}
+    top = [m for m in here if m.mount_id not in parents]
+    below = [m for m in entries if m.point.startswith(state.MOUNT_POINT + "/")]
+    if len(top) != 1 or not state.is_toolbox(top[0]) or below:
+        raise SideloadError(
+            "/dev/crashcart in the container is not (only) the toolbox crashcart mounted: "
+            "crashcart will not run anything from it",
+            hint="crashcart -u TARGET, then try again; or use session mode",
+        )
 
 
 def _leave(o: Opened, mounted_here: bool) -> str | None:
@@ -290,7 +342,24 @@ def _open_dev() -> int:
         raise
 
 
-def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
+def _check_landed(toolbox_fd: int, proc_fd: int) -> None:
+    """The directory checked a moment ago may have been renamed since (a process with no
+    capability can swap /dev/crashcart with another directory of its /dev): find where the
+    mount really is, in the target's own mount table, and undo it if it is not at
+    /dev/crashcart."""
+    mid = mount_id(toolbox_fd)
+    where = next((m.point for m in mountinfo.read(dir_fd=proc_fd) if m.mount_id == mid), None)
+    if where == state.MOUNT_POINT:
+        return
+    detach_fd_mount(toolbox_fd)
+    raise SideloadError(
+        "the container moved /dev/crashcart while crashcart mounted the toolbox on it "
+        f"(it landed at {printable(where or '?')}; undone)",
+        hint="a process in the container renames directories of its /dev: use session mode",
+    )
+
+
+def _attach(toolbox_fd: int, uid: int, gid: int, proc_fd: int) -> str:
     """In the container: make (or check) the mount point, attach the toolbox onto it.
     Returns "existing", or "created:ATIME:MTIME:MTIME_AFTER" (nanoseconds) so -u can put
     /dev's times back as they were when nothing else changed /dev meanwhile."""
@@ -324,6 +393,7 @@ def _attach(toolbox_fd: int, uid: int, gid: int) -> str:
             mountapi.attach(toolbox_fd, point)
         finally:
             os.close(point)
+        _check_landed(toolbox_fd, proc_fd)
     except BaseException:
         if created:
             _rmdir_quietly(dev)
@@ -349,7 +419,8 @@ def refuse_existing(st: os.stat_result, dev: int) -> None:
     if stat.S_ISLNK(st.st_mode):
         link = os.readlink("crashcart", dir_fd=dev)
         raise SideloadError(
-            f"/dev/crashcart in the container is a symlink (to {link}): crashcart does not "
+            f"/dev/crashcart in the container is a symlink (to {printable(link)}): crashcart "
+            "does not "
             "follow it, and will not mount over what the container made",
             hint="remove it inside the container, or use session mode",
         )
@@ -370,7 +441,7 @@ def _rmdir_quietly(dev: int) -> None:
 
 def users(o: Opened, entries: list[state.MountEntry]) -> list[str]:
     """Processes of the container that run from, or hold files of, the toolbox."""
-    devs = {m.device for m in state.toolbox_mounts(entries)}
+    devs = {m.device for m in state.toolbox_mounts(entries, anywhere=True)}
     if not devs:
         return []
     pidns = os.stat(f"{procfs.PROC}/{o.pinned.pid}/ns/pid").st_ino
@@ -424,7 +495,7 @@ def unmount(target: Target, force: bool = False, allow_host: bool = False) -> st
 
 def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) -> str:
     entries = o.entries()
-    mounted = state.toolbox_mounts(entries)
+    mounted = state.toolbox_mounts(entries, anywhere=True)
     record = trusted_record(o, bool(mounted))
     message = "not mounted"
     if mounted:
@@ -438,7 +509,9 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
                 "working; new ones cannot start from /dev/crashcart)",
             )
         lazy = bool(holders)
-        how = o.run(lambda: _detach(len(mounted), lazy, force))
+        here = [m for m in mounted if m.point == state.MOUNT_POINT]
+        moved = [(m.mount_id, m.point) for m in mounted if m.point != state.MOUNT_POINT]
+        how = o.run(lambda: _detach(len(here), lazy, force, moved))
         faults.point("unmount:after-detach")
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
         if how == "busy":
@@ -450,9 +523,31 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
     return message
 
 
-def _detach(count: int, lazy: bool, force: bool = False) -> str:
+def _detach_moved(moved: list[tuple[int, str]]) -> None:
+    """Toolboxes the container moved away from /dev/crashcart: each is detached through an
+    fd on its root, checked to be that very mount (never a path followed blindly)."""
+    flags = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
+    for mid, point in moved:
+        try:
+            fd = libc.openat2(libc.AT_FDCWD, point, os.O_PATH | os.O_DIRECTORY, flags)
+        except OSError:
+            continue
+        try:
+            if mount_id(fd) == mid:
+                detach_fd_mount(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _detach(count: int, lazy: bool, force: bool = False,
+            moved: list[tuple[int, str]] | None = None) -> str:  # fmt: skip
     """Unmount the toolbox ("ok"). A user that users() did not see (in another pid
     namespace, say) makes umount EBUSY: with force, detach lazily then ("busy")."""
+    _detach_moved(moved or [])
+    if not count:
+        return "ok"
     dev = _open_dev()
     how = "ok"
     try:

@@ -16,69 +16,33 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from crashcart.linux import procfs
+from crashcart.linux import mountinfo, procfs
 
 STATE_DIR = os.environ.get("CRASHCART_STATE_DIR", "/run/crashcart")
 MOUNT_POINT = "/dev/crashcart"
 TOOLBOX_TYPES = ("erofs", "squashfs", "ext4")
 
 
-class MountEntry:
-    """One line of /proc/PID/mountinfo."""
-
-    __slots__ = ("mount_id", "parent_id", "device", "root", "point", "options", "optional",
-                 "fstype", "source", "super_options")  # fmt: skip
-
-    def __init__(self, line: str) -> None:
-        pre, _, post = line.partition(" - ")
-        fields, tail = pre.split(), post.split()
-        if len(fields) < 6 or len(tail) < 3:
-            raise ValueError(f"malformed mountinfo line: {line!r}")
-        self.mount_id = int(fields[0])
-        self.parent_id = int(fields[1])
-        major, _, minor = fields[2].partition(":")
-        self.device = os.makedev(int(major), int(minor))
-        self.root = unescape(fields[3])
-        self.point = unescape(fields[4])
-        self.options = fields[5].split(",")
-        self.optional = fields[6:]
-        self.fstype, self.source, self.super_options = tail[0], unescape(tail[1]), tail[2]
-
-    @property
-    def read_only(self) -> bool:
-        return "ro" in self.options
-
-    @property
-    def shared(self) -> bool:
-        return any(f.startswith("shared:") for f in self.optional)
-
-    def is_toolbox(self) -> bool:
-        return self.point == MOUNT_POINT and self.fstype in TOOLBOX_TYPES and self.read_only
+MountEntry = mountinfo.Mount
 
 
-def unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal."""
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
+def is_toolbox(m: mountinfo.Mount) -> bool:
+    """A crashcart toolbox, by what it is rather than where it sits (a container may have
+    moved it): a read-only erofs mounted from crashcart's /proc/self/fd/N source, or a
+    read-only squashfs/ext4/erofs on a loop device."""
+    if m.fstype not in TOOLBOX_TYPES or not m.read_only:
+        return False
+    return m.source.startswith("/proc/self/fd/") or m.source.startswith("/dev/loop")
 
 
-def mountinfo(pid: int) -> list[MountEntry]:
+def mountinfo_of(pid: int) -> list[mountinfo.Mount]:
     """The mount table as the process sees it (mount points relative to its root)."""
-    text = procfs.read_text(f"{procfs.PROC}/{pid}/mountinfo", limit=16 << 20)
-    return [MountEntry(line) for line in text.splitlines() if line.strip()]
+    return mountinfo.read(pid)
 
 
-def toolbox_mounts(entries: list[MountEntry]) -> list[MountEntry]:
-    return [m for m in entries if m.is_toolbox()]
+def toolbox_mounts(entries: list[MountEntry], anywhere: bool = False) -> list[MountEntry]:
+    """Toolbox mounts at /dev/crashcart (or, with anywhere, wherever they are)."""
+    return [m for m in entries if is_toolbox(m) and (anywhere or m.point == MOUNT_POINT)]
 
 
 def is_session(entries: list[MountEntry]) -> bool:
@@ -95,20 +59,12 @@ def is_session(entries: list[MountEntry]) -> bool:
     )
 
 
-def mount_of(entries: list[MountEntry], path: str) -> MountEntry | None:
-    """The mount a path lives on: the last-mounted entry whose mount point is a prefix."""
-    best: MountEntry | None = None
-    for m in entries:
-        point = m.point.rstrip("/") or "/"
-        if path == point or path.startswith(point.rstrip("/") + "/") or point == "/":
-            if best is None or len(point) >= len(best.point.rstrip("/") or "/"):
-                best = m
-    return best
+mount_of = mountinfo.mount_of
 
 
 def mounted_in(pid: int) -> bool:
     try:
-        return bool(toolbox_mounts(mountinfo(pid)))
+        return bool(toolbox_mounts(mountinfo_of(pid)))
     except (OSError, ValueError):
         return False
 

@@ -181,6 +181,8 @@ def build_dev(ctx: Context) -> None:
                     continue
                 if entry.name in STANDARD_NODES or entry.name in STANDARD_LINKS:
                     continue
+                if entry.name == "crashcart":  # the session's own toolbox goes there
+                    continue
                 _mirror(entry, src, dev)
         _standard_entries(src, dev)
         os.mkdir("crashcart", 0o755, dir_fd=dev)

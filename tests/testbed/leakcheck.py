@@ -120,15 +120,19 @@ def _unescape(field: str) -> str:
 
 
 def parse_mountinfo(text: str) -> list[Mount]:
-    """Lines of proc(5) mountinfo, reduced to what identifies a mount across snapshots."""
+    """Lines of proc(5) mountinfo, reduced to what identifies a mount across snapshots.
+
+    Lines end at "\n" and fields are separated by one space: the kernel escapes only space,
+    tab, newline and backslash, so a mount source of "\f" or "\x1c" (which str.splitlines()
+    and str.split() take for line and field breaks) is kept as it is."""
     mounts = []
-    for line in text.splitlines():
+    for line in text.split("\n"):
         if not line.strip():
             continue
         pre, sep, post = line.partition(" - ")
         if not sep:
             raise ValueError(f"mountinfo line without separator: {line!r}")
-        left, right = pre.split(), post.split()
+        left, right = pre.split(" "), post.split(" ")
         fstype, source = right[0], _unescape(right[1]) if len(right) > 1 else ""
         options = left[5] + ("|" + right[2] if len(right) > 2 else "")
         mounts.append(Mount(_unescape(left[4]), fstype, source, options))

@@ -191,8 +191,10 @@ class Session:
             self.session_ns = None if self.prep.in_place else _mnt_ns(self.setup_pid)
             self.deadline = time.monotonic() + setup_timeout()
         elif kind == wire.FAILED:
-            code, text = wire.parse_failure(body)
+            _, text = wire.parse_failure(body)
             self._wait_setup(KILL_GRACE)
+            if not self.prep.pinned.alive():  # ENOMEM: its pid namespace has no init any more
+                raise TargetGone(f"{self.prep.target.describe()} exited while crashcart attached")
             raise CrashcartError(text)
         elif not kind:
             self._setup_died()

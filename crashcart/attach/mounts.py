@@ -128,6 +128,8 @@ def pivot_to_toolbox(ctx: Context) -> None:
 @step("attach the target's root at /target")
 def attach_target(ctx: Context) -> None:
     mountapi.attach(ctx.target_tree, libc.AT_FDCWD, "/target")
+    os.close(ctx.target_tree)
+    ctx.target_tree = -1
 
 
 @step("attach the target's /proc at /proc")

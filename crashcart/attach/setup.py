@@ -92,7 +92,7 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     _enter_pid_and_user(ctx)
     _scrub(title, areas)
     _drop_privileges(ctx)
-    faults.point("session:before-fork")
+    faults.point("session:before-supervisor")
     try:
         pid = os.fork()
     except OSError as e:

@@ -41,10 +41,10 @@ from tests.testbed.runtimes import Container
 
 SESSION_FAULTS = [
     "session:before-fork", "session:after-fork", "session:child-start",
-    "session:after-join_cgroups", "session:after-join_namespaces",
+    "session:after-clone_target_proc", "session:after-join_namespaces",
     "session:after-clone_target_root", "session:after-private_mount_namespace",
     "session:after-pivot_to_toolbox", "session:after-attach_target",
-    "session:after-mount_proc", "session:after-build_dev", "session:after-bind_sys",
+    "session:after-attach_proc", "session:after-build_dev", "session:after-bind_sys",
     "session:after-mount_tmp", "session:after-setup", "session:after-set_credentials",
 ]  # fmt: skip
 MOUNT_FAULTS = ["mount:after-record", "mount:after-mkdir", "mount:after-attach"]

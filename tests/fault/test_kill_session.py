@@ -33,7 +33,7 @@ from tests.testbed.runtimes import Container
 
 HOST_PHASES = ["session:before-fork", "session:after-fork"]
 CHILD_PHASES = [
-    "session:after-join_cgroups",
+    "session:after-clone_target_proc",
     "session:after-join_namespaces",
     "session:after-clone_target_root",
     "session:after-private_mount_namespace",

@@ -99,7 +99,7 @@ def test_pod_names_from_bolt_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     pod = {"id": HEX, "name": "shop", "labels": {}, "hasInfra": True, "infraConfig": {"a": 1}}
     ctr = {"id": HEX[::-1], "name": "app", "spec": {"x": "}"}}
     raw = b"\x00\x01\x02config" + json.dumps(pod, separators=(",", ":")).encode() + b"\x00\xff"
-    raw += b"config" + json.dumps(ctr, separators=(",", ":")).encode() + b"config{\"id\":\"tru"
+    raw += b"config" + json.dumps(ctr, separators=(",", ":")).encode() + b'config{"id":"tru'
     (tmp_path / "libpod").mkdir()
     (tmp_path / "libpod" / "bolt_state.db").write_bytes(raw)
     store = podman.Store(str(tmp_path), str(tmp_path / "run"), 0)

@@ -175,3 +175,66 @@ def _runc_own_root(name: str, wd: Path, cgroup: str) -> Container:
                         str(wd / "pid"), "--bundle", str(wd), name], stdin=subprocess.DEVNULL,
                        stdout=log, stderr=log, check=True, timeout=30)  # fmt: skip
     return Container("runc", name, name, int((wd / "pid").read_text()), "busybox")
+
+
+# ---------------------------------------------------------------------------------------------
+# System containers: LXC and systemd-nspawn (busybox init as PID 1, three services)
+
+
+@pytest.fixture(scope="module", params=["lxc", "machine"])
+def system(request: pytest.FixtureRequest) -> Iterator[Container]:
+    from tests.testbed import system_containers as sc
+    from tests.testbed.require import missing
+
+    if reason := sc.unavailable_reason(request.param):
+        missing(f"{request.param}: {reason}")
+    with sc.system_container(request.param, "sys") as c:
+        yield c
+
+
+def _mounted(c: Container) -> bool:
+    return " /dev/crashcart " in Path(f"/proc/{c.pid}/mountinfo").read_text()
+
+
+def test_system_container_session(
+    system: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """The session sees init as PID 1 and its services, nothing of the host; a command's
+    status comes back; the network is the container's (its own 127.0.0.1:8080)."""
+    c = system
+    with leakcheck(c):
+        ps = crashcart(f"{c.runtime}://{c.name}", "--", "ps", "-eo", "pid=,args=")
+        bare = crashcart(c.name, "--", "sh", "-c", "exit 5")
+        web = crashcart(c.name, "--", "/target/bin/busybox", "wget", "-qO-",
+                        "http://127.0.0.1:8080/")  # fmt: skip
+        listing = crashcart("ps")
+    assert ps.returncode == 0, err(ps)
+    rows = dict(line.split(None, 1) for line in ccrun.text(ps).splitlines() if line.strip())
+    assert rows["1"].endswith("init"), rows
+    services = [a for a in rows.values() if a.startswith(("/bin/httpd", "/bin/sleep"))]
+    assert len(services) == 3, rows
+    assert len(rows) == 6, rows  # init, 3 services, the session's supervisor and ps
+    assert bare.returncode == 5, err(bare)
+    assert web.returncode == 0 and b"system container" in web.stdout, err(web)
+    row = next(line.split() for line in ccrun.text(listing).splitlines() if c.name in line)
+    assert row[0] == c.runtime and "running" in row and str(c.pid) in row, row
+
+
+def test_system_container_sideload(
+    system: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """-m, status, -e through the runtime's own exec (lxc-attach; nsenter for nspawn
+    without machined), -u."""
+    c = system
+    ref = f"{c.runtime}://{c.name}"
+    with leakcheck(c):
+        m = crashcart("-m", ref)
+        assert m.returncode == 0, err(m)
+        assert _mounted(c)
+        status = ccrun.text(crashcart("status"))
+        e = crashcart("-e", ref, "--", "sh", "-c", "strace -V >/dev/null && exit 9")
+        u = crashcart("-u", ref)
+    assert f"{c.runtime} {c.name}: /dev/crashcart mounted" in status, status
+    assert e.returncode == 9, err(e)
+    assert u.returncode == 0, err(u)
+    assert not _mounted(c)

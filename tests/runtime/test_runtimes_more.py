@@ -238,3 +238,39 @@ def test_system_container_sideload(
     assert e.returncode == 9, err(e)
     assert u.returncode == 0, err(u)
     assert not _mounted(c)
+
+
+# ---------------------------------------------------------------------------------------------
+# crun (needs hugetlb off the v2 tree: scripts/runtimes install does it)
+
+
+@pytest.fixture
+def crun_container() -> Iterator[Container]:
+    from tests.testbed import system_containers as sc
+    from tests.testbed.require import missing
+
+    if reason := sc.crun_unavailable_reason():
+        missing(f"crun: {reason}")
+    with sc.system_container("crun", "crun") as c:
+        yield c
+
+
+def test_crun_session_and_sideload(
+    crun_container: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c = crun_container
+    with leakcheck(c):
+        ps = crashcart(f"crun://{c.name}", "--", "ps", "-eo", "pid=,args=")
+        bare = crashcart(c.name, "--", "sh", "-c", "exit 4")
+        e = crashcart("-e", f"crun://{c.name}", "--", "sh", "-c", "strace -V >/dev/null && exit 9")
+        listing = ccrun.text(crashcart("ps"))
+    assert ps.returncode == 0, err(ps)
+    assert ccrun.text(ps).split("\n", 1)[0].split(None, 1) == [
+        "1",
+        "/bin/busybox httpd -f -p 8080 -h /www",
+    ]
+    assert bare.returncode == 4, err(bare)
+    assert e.returncode == 9, err(e)
+    assert not _mounted(c)
+    row = next(line.split() for line in listing.splitlines() if c.name in line)
+    assert row[0] == "crun" and "running" in row, row

@@ -22,6 +22,7 @@ def rows() -> list[dict[str, object]]:
                 "image": t.image,
                 "pid": t.pid,
                 "state": t.state,
+                "owner": t.owner,
                 "toolbox": state.mounted_in(t.pid),
                 "target": t.ref,
             }
@@ -41,6 +42,7 @@ def print_ps(as_json: bool) -> int:
     table = [header]
     for r in found:
         runtime = str(r["runtime"]) + (f" ({r['namespace']})" if r["namespace"] else "")
+        runtime += f" (uid {r['owner']})" if r["owner"] else ""  # a rootless runtime's user
         toolbox = "mounted" if r["toolbox"] else "-"
         table.append((runtime, str(r["name"]), str(r["short_id"]), str(r["image"]) or "-",
                       str(r["state"]), str(r["pid"]), toolbox))  # fmt: skip

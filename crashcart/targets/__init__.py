@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from crashcart.errors import AmbiguousTarget, TargetError
 from crashcart.linux import procfs
-from crashcart.targets import containerd, crun, docker, lxc, machine, podman, runc
+from crashcart.targets import containerd, crun, docker, lxc, machine, podman, procs, runc
 from crashcart.targets.model import (
     PRIORITY,
     RUNTIMES,
@@ -58,23 +58,39 @@ def _cgroup_id(cgroups: list[tuple[str, str, str]]) -> str:
     return ""
 
 
+def _pid_hints(pid: int, cgroups: list[tuple[str, str, str]]) -> list[str]:
+    """Names or IDs a PID's container may have: its cgroup's leaf (docker-ID.scope,
+    libpod-ID, lxc.payload.NAME ...), a 64-hex ID in its cgroup path, and for a container's
+    main process the `-c ID` of its conmon parent (rootless Podman on cgroup v1 has no
+    cgroup of its own) or the machine name of its systemd-nspawn parent."""
+    leaf = cgroups[-1][2].rstrip("/").rsplit("/", 1)[-1] if cgroups else ""
+    for prefix in ("libpod-", "docker-", "lxc.payload.", "crio-", "cri-containerd-"):
+        leaf = leaf.removeprefix(prefix)
+    hints = [leaf.removesuffix(".scope"), _cgroup_id(cgroups)]
+    parent = procs.cmdline(procs.parent(pid))
+    if parent and parent[0].endswith("conmon") and "-c" in parent[:-1]:
+        hints.append(parent[parent.index("-c") + 1])
+    elif parent and parent[0].endswith("systemd-nspawn"):
+        hints.append(machine.machine_name(parent))
+    return [h for h in dict.fromkeys(hints) if h and h != "payload"]
+
+
 def pid_target(pid: int) -> Target:
-    """A host PID; named after its container when its cgroup names one a runtime knows."""
+    """A host PID; named after its container when a runtime knows the container."""
     try:
         comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()
         cgroups = procfs.parse_cgroup(procfs.read_text(f"{procfs.PROC}/{pid}/cgroup"))
     except (FileNotFoundError, ProcessLookupError):
         raise TargetError(f"no process with PID {pid}") from None
-    leaf = cgroups[-1][2].rstrip("/").rsplit("/", 1)[-1] if cgroups else ""
-    ident = leaf.removeprefix("libpod-").removeprefix("docker-").removesuffix(".scope")
-    for query in dict.fromkeys(q for q in (ident, _cgroup_id(cgroups)) if q):
+    for query in _pid_hints(pid, cgroups):
         try:
             found, _ = _search(Spec(query, None, query))
         except TargetError:
             found = []
         for t in found:
             if t.exact and t.state == "running":
-                t.pid, t.started = pid, None
+                # The PID given, pinned by its own start time (its cgroup may name nothing).
+                t.pid, t.started = pid, procs.start_time(pid)
                 return t
     unknown = _cgroup_id(cgroups)
     detail = f"a container crashcart does not know (cgroup names {unknown[:12]})" if unknown else ""
@@ -161,4 +177,5 @@ def list_all(quiet: bool = False) -> list[Target]:
             except TargetError:
                 if not quiet:
                     raise
-    return dedupe(found)
+    # A pod's infra container (podman names it; its runc twin is the same PID) is no target.
+    return [t for t in dedupe(found) if t.state != "infra"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from crashcart import fastjson
-from crashcart.errors import AmbiguousTarget, RuntimeAnswerError
+from crashcart.errors import AmbiguousTarget, RuntimeAnswerError, TargetError
 from crashcart.targets import procs
 from crashcart.targets.model import Target, field, is_hex_id, matches
 
@@ -185,9 +185,10 @@ def as_user(uid: int, argv: list[str]) -> list[str]:
         return argv
     import pwd
 
-    gid = pwd.getpwuid(uid).pw_gid
-    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--init-groups", "env",
-            f"XDG_RUNTIME_DIR={USER_RUN}/{uid}", *argv]  # fmt: skip
+    user = pwd.getpwuid(uid)
+    return ["setpriv", f"--reuid={uid}", f"--regid={user.pw_gid}", "--init-groups", "env",
+            f"HOME={user.pw_dir}", f"USER={user.pw_name}", f"XDG_RUNTIME_DIR={USER_RUN}/{uid}",
+            *argv]  # fmt: skip
 
 
 def _stopped_state(r: Record) -> tuple[str, str]:
@@ -217,7 +218,12 @@ def find(query: str) -> list[Target]:
             continue
         pod = pod_id(r)
         if is_infra(r, pod):
-            continue  # the pod's sleeping placeholder: there is nothing to debug in it
+            # The pod's placeholder (it holds the namespaces): nothing to debug in it.
+            raise TargetError(
+                f"podman container {r.name} is the infra container of pod "
+                f"{pod_names(r.store).get(pod, pod[:12])}, not a target",
+                hint="name one of the pod's containers (podman://POD/CONTAINER)",
+            )
         pod_name = pod_names(r.store).get(pod, pod[:12]) if pod else ""
         if pod_query and pod_query not in (pod_name, pod) and not pod.startswith(pod_query):
             continue
@@ -291,11 +297,11 @@ def list_running() -> list[Target]:
         if not pid:
             continue
         pod = pod_id(r)
-        if is_infra(r, pod):
-            continue
         pod_name = pod_names(r.store).get(pod, pod[:12]) if pod else ""
-        out.append(Target(NAME, r.id, r.name, pid, r.image, pod_name or None, True,
-                          procs.running_state(pid), "", started, r.store.uid))  # fmt: skip
+        # An infra container is listed as such, so that its runc twin is not listed either.
+        state = "infra" if is_infra(r, pod) else procs.running_state(pid)
+        out.append(Target(NAME, r.id, r.name, pid, r.image, pod_name or None, True, state,
+                          "", started, r.store.uid))  # fmt: skip
     return out
 
 

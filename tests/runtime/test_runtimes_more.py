@@ -274,3 +274,77 @@ def test_crun_session_and_sideload(
     assert not _mounted(c)
     row = next(line.split() for line in listing.splitlines() if c.name in line)
     assert row[0] == "crun" and "running" in row, row
+
+
+# ---------------------------------------------------------------------------------------------
+# Podman pods and rootless Podman
+
+
+def test_podman_pod_members_and_the_pod_itself(leakcheck: lc.LeakCheckFn, toolbox: str) -> None:
+    from tests.testbed import podman_more as pm
+
+    require_runtime("podman")
+    with pm.pod("pod", members=2) as (pod, apps):
+        app = apps[0]
+        infra = pm.infra_name(pod)
+        with leakcheck(app):
+            two = crashcart(f"podman://{pod}/{app.name}", "--", "cat", "/proc/1/cmdline")
+            bare = crashcart(app.name, "--", "true")
+            whole = crashcart(pod, "--", "true")
+            by_infra = crashcart(infra, "--", "true")
+            wrong_pod = crashcart(f"podman://{pod}x/{app.name}", "--", "true")
+            listing = ccrun.text(crashcart("ps"))
+    # The pod's containers share its ipc/net/uts: PID 1 of its own pid namespace is its own.
+    assert two.returncode == 0 and two.stdout.startswith(b"sleep\x00100000"), err(two)
+    assert bare.returncode == 0, err(bare)
+    assert whole.returncode == 125 and f"{pod!r} is a podman pod" in err(whole), err(whole)
+    for a in apps:
+        assert f"podman://{pod}/{a.name}" in err(whole)
+    assert by_infra.returncode == 125 and "is the infra container of pod" in err(by_infra)
+    assert wrong_pod.returncode == 125 and "no container matches" in err(wrong_pod)
+    rows = [line for line in listing.splitlines() if f"podman ({pod})" in line]
+    assert sorted(r.split()[2] for r in rows) == sorted(a.name for a in apps), listing
+    assert infra[:12] not in listing
+
+
+@pytest.fixture(scope="module")
+def rootless() -> Iterator[Container]:
+    from tests.testbed import podman_more as pm
+
+    require_runtime("podman")
+    with pm.rootless_container("rl") as c:
+        yield c
+
+
+def test_rootless_podman_by_name_id_and_pid(
+    rootless: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """Found in its user's store (/run/user/UID/containers, ~/.local/share/containers):
+    by name, ID prefix, podman://, and by PID named after the container."""
+    c = rootless
+    with leakcheck(c):
+        results = {t: crashcart(t, "--", "sh", "-c", "echo $CRASHCART_TARGET_NAME; exit 3")
+                   for t in (c.name, c.id[:12], f"podman://{c.name}", str(c.pid))}  # fmt: skip
+        listing = ccrun.text(crashcart("ps"))
+    for t, proc in results.items():
+        assert proc.returncode == 3, (t, err(proc))
+        assert ccrun.text(proc).strip() == c.name, (t, proc.stdout)
+    row = next(line for line in listing.splitlines() if c.name in line)
+    assert row.startswith("podman (uid ") and " running " in row, row
+
+
+def test_rootless_podman_sideload(
+    rootless: Container, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """-m into a container with its own user namespace, the user's own `podman exec`, -u."""
+    c = rootless
+    with leakcheck(c):
+        m = crashcart("-m", c.name)
+        assert m.returncode == 0, err(m)
+        assert _mounted(c)
+        assert b"setpriv" in m.stdout  # the usage hint runs podman as the container's user
+        e = crashcart("-e", c.name, "--", "sh", "-c", "strace -V >/dev/null && exit 9")
+        u = crashcart("-u", c.name)
+    assert e.returncode == 9, err(e)
+    assert u.returncode == 0, err(u)
+    assert not _mounted(c)

@@ -128,6 +128,19 @@ def test_podman_stopped_and_containerd_stopped_tasks(
     proc = crashcart(name, "--", "true")
     assert proc.returncode == 125, err(proc)
     assert f"podman container {name} is stopped (exit code 7" in err(proc), err(proc)
+    created = runtimes.new_name("pcreated")
+    made.append(("podman", created))
+    runtimes.run(["podman", "create", "--name", created, "--network", "none", ref, "true"])
+    proc = crashcart(f"podman://{created}", "--", "true")
+    assert proc.returncode == 125, err(proc)
+    assert f"podman container {created} was created but never started" in err(proc), err(proc)
+    paused = start_container("podman", "busybox")
+    runtimes.run(["podman", "pause", paused.name])
+    try:  # podman pause freezes the cgroup: read from the freezer, not asked of podman
+        proc = crashcart(paused.name, "--", "true")
+        assert proc.returncode == 125 and "is paused" in err(proc), err(proc)
+    finally:
+        runtimes.run(["podman", "unpause", paused.name])
     # A containerd task whose process exited stays until `ctr task rm`: stopped, not missing.
     task = start_container("containerd", "busybox")
     runtimes.run(runtimes.ctr("tasks", "kill", "-s", "SIGKILL", task.id))

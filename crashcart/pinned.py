@@ -43,12 +43,19 @@ def _first_id(value: str | None) -> int | None:
     return int(fields[0]) if fields and fields[0].isdigit() else None
 
 
-def check_identity(target: Target, cgroup_paths: list[str]) -> None:
+def check_identity(target: Target, cgroup_paths: list[str], start_time: int | None = None) -> None:
     """After pinning: the pinned process must still be the container's. A runtime names the
     PID at one moment and crashcart pins it the next; if the container exited in between and
     the PID was reused, the new process is not in the container's cgroup, whose path names
-    the container's ID under every runtime's default cgroup layout."""
-    if target.runtime == "pid" or any(target.id in path for path in cgroup_paths):
+    the container's ID under every runtime's default cgroup layout. Where it does not (an
+    nspawn container without machined, rootless Podman on cgroup v1), the runtime module
+    recorded the process's start time instead, which a reused PID does not have."""
+    if target.runtime == "pid":
+        return
+    if target.started is not None:
+        if start_time == target.started:
+            return
+    elif any(target.id in path for path in cgroup_paths):
         return
     raise TargetGone(
         f"PID {target.pid} no longer belongs to {target.describe()} (it exited, and the PID "
@@ -100,7 +107,7 @@ class PinnedTarget:
             if e.errno in (errno.ENOENT, errno.ESRCH):
                 raise TargetGone(f"{t.describe()} exited while crashcart attached") from None
             raise
-        check_identity(t, [path for _, _, path in self.info.cgroups])
+        check_identity(t, [path for _, _, path in self.info.cgroups], self.info.start_time)
 
     def _read(self) -> TargetInfo:
         fd = self.proc_fd

@@ -1,4 +1,5 @@
-"""`crashcart ps`: every running container crashcart can reach, across runtimes."""
+"""`crashcart ps`: every container with a process (running or paused) crashcart can reach,
+across runtimes, with its state."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def rows() -> list[dict[str, object]]:
                 "short_id": t.short_id,
                 "image": t.image,
                 "pid": t.pid,
+                "state": t.state,
+                "owner": t.owner,
                 "toolbox": state.mounted_in(t.pid),
                 "target": t.ref,
             }
@@ -35,13 +38,14 @@ def print_ps(as_json: bool) -> int:
         json.dump(found, sys.stdout, indent=2)
         print()
         return 0
-    header = ("RUNTIME", "NAME", "ID", "IMAGE", "PID", "TOOLBOX")
+    header = ("RUNTIME", "NAME", "ID", "IMAGE", "STATE", "PID", "TOOLBOX")
     table = [header]
     for r in found:
         runtime = str(r["runtime"]) + (f" ({r['namespace']})" if r["namespace"] else "")
+        runtime += f" (uid {r['owner']})" if r["owner"] else ""  # a rootless runtime's user
         toolbox = "mounted" if r["toolbox"] else "-"
         table.append((runtime, str(r["name"]), str(r["short_id"]), str(r["image"]) or "-",
-                      str(r["pid"]), toolbox))  # fmt: skip
+                      str(r["state"]), str(r["pid"]), toolbox))  # fmt: skip
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

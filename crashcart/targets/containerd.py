@@ -7,11 +7,13 @@ from __future__ import annotations
 import _socket
 import os
 
-from crashcart.linux import procfs
-from crashcart.targets.model import Target, matches
+from crashcart.targets import procs
+from crashcart.targets.model import Target, is_hex_id, matches
 
 NAME = "containerd"
 SOCKET = "/run/containerd/containerd.sock"
+# The runc shim's own runc root: NS/ID/state.json and, until the task starts, exec.fifo.
+RUNC_STATE = "/run/containerd/runc"
 
 
 def task_root() -> str:
@@ -31,15 +33,21 @@ def _namespaces() -> list[str]:
         return []
 
 
-def _live_pid(namespace: str, cid: str) -> int | None:
-    """init.pid, trusted only if that process runs in a cgroup naming the container."""
+def _task_state(namespace: str, cid: str) -> tuple[int, str]:
+    """(pid, state) of a task. init.pid is trusted only if that process runs in a cgroup
+    naming the container; a task directory whose process is gone is a stopped task (the
+    shim keeps it until `ctr task rm`); runc's exec.fifo marks a task created, not started."""
     try:
         with open(os.path.join(task_root(), namespace, cid, "init.pid")) as f:
             pid = int(f.read(32).strip() or 0)
-        cgroups = procfs.read_text(f"{procfs.PROC}/{pid}/cgroup")
     except (OSError, ValueError):
-        return None
-    return pid if pid > 0 and cid in cgroups else None
+        return 0, "stopped"
+    cgroups = procs.cgroups(pid)
+    if not cgroups or cid not in cgroups:
+        return 0, "stopped"
+    if os.path.exists(os.path.join(RUNC_STATE, namespace, cid, "exec.fifo")):
+        return pid, "created"
+    return pid, procs.running_state(pid)
 
 
 def _tasks(namespace: str | None) -> list[tuple[str, str]]:
@@ -52,20 +60,31 @@ def _tasks(namespace: str | None) -> list[tuple[str, str]]:
     return out
 
 
-def find(query: str, namespace: str | None = None) -> list[Target]:
+def find(query: str) -> list[Target]:
+    """`ID` in any namespace, or `NS/ID`. A task ID that is a name matches exactly; only a
+    hex ID (CRI's) is matched by prefix."""
+    namespace, _, cid_query = query.rpartition("/")
+    if namespace:
+        tasks = _tasks(namespace)
+    elif is_hex_id(cid_query.ljust(12, "0")):
+        tasks = _tasks(None)
+    else:
+        tasks = [(ns, cid_query) for ns in _namespaces()]
     out = []
-    for ns, cid in _tasks(namespace):
-        ok, exact = matches(query, cid, [])
-        if ok and (pid := _live_pid(ns, cid)):
-            out.append(Target(NAME, cid, cid, pid, "", ns, exact))
+    for ns, cid in tasks:
+        ok, exact = matches(cid_query, cid, [])
+        if ok and os.path.isdir(os.path.join(task_root(), ns, cid)):
+            pid, state = _task_state(ns, cid)
+            out.append(Target(NAME, cid, cid, pid, "", ns, exact, state))
     return out
 
 
 def list_running() -> list[Target]:
     out = []
     for ns, cid in _tasks(None):
-        if pid := _live_pid(ns, cid):
-            out.append(Target(NAME, cid, cid, pid, "", ns))
+        pid, state = _task_state(ns, cid)
+        if state in ("running", "paused"):
+            out.append(Target(NAME, cid, cid, pid, "", ns, True, state))
     images = _images({t.namespace for t in out if t.namespace})
     for t in out:
         t.image = images.get((t.namespace or "", t.id), "")

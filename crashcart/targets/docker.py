@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from crashcart.errors import RuntimeAnswerError, TargetError
+from crashcart.errors import RuntimeAnswerError
 from crashcart.targets import unixhttp
 from crashcart.targets.model import Target, field, matches
 
@@ -34,7 +34,26 @@ def _target(info: Any, query: str | None = None) -> Target:
     pid = field(state, "Pid", int, where + " State")
     image = info.get("Config", {}).get("Image", "") if isinstance(info.get("Config"), dict) else ""
     exact = query is None or query in (cid, name)
-    return Target(NAME, cid, name, pid, str(image), None, exact)
+    status, detail = docker_state(state)
+    return Target(NAME, cid, name, pid, str(image), None, exact, status, detail)
+
+
+# Docker's State.Status -> crashcart's state (a paused container is also State.Running).
+STATES = {"running": "running", "paused": "paused", "restarting": "restarting",
+          "created": "created", "exited": "stopped", "dead": "stopped",
+          "removing": "stopped"}  # fmt: skip
+
+
+def docker_state(state: dict[str, Any]) -> tuple[str, str]:
+    """(state, detail) from an inspect State object (Podman's API has the same shape)."""
+    status = STATES.get(str(state.get("Status", "")), str(state.get("Status", "")) or "unknown")
+    detail = ""
+    if status == "stopped":
+        detail = f"exit code {state.get('ExitCode')}"
+        finished = str(state.get("FinishedAt", ""))
+        if finished and not finished.startswith("0001-"):
+            detail += f", finished {finished[:19].replace('T', ' ')} UTC"
+    return status, detail
 
 
 def _inspect(ident: str) -> tuple[int, Any]:
@@ -47,10 +66,7 @@ def find(query: str) -> list[Target]:
     except unixhttp.Unreachable:
         return []
     if status == 200:
-        target = _target(info, query)
-        if not field(info, "State", dict, "docker inspect").get("Running"):
-            raise TargetError(f"docker container {target.name} is not running")
-        return [target]
+        return [_target(info, query)]
     if status == 404 and "multiple" not in _message(info).lower():
         return []
     if status >= 400 and "multiple" not in _message(info).lower():
@@ -74,7 +90,7 @@ def list_running() -> list[Target]:
         cid = field(item, "Id", str, "docker ps")
         status, info = _inspect(cid)
         if status == 200 and isinstance(info, dict) and info.get("State", {}).get("Running"):
-            out.append(_target(info))
+            out.append(_target(info))  # running, paused or restarting: it has a process
     return out
 
 

@@ -2,13 +2,40 @@
 
 from __future__ import annotations
 
-from crashcart.errors import RuntimeAnswerError, UsageError
+from crashcart.errors import RuntimeAnswerError, TargetError, UsageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Any
+    from typing import Any, Protocol
 
-RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "runc")
+    class RuntimeModule(Protocol):
+        """The shape of every runtime module (docker.py, lxc.py ...): a module satisfies it
+        by its five module-level names; mypy checks each against MODULES' annotation. (A
+        class only for the type checker: `typing` costs the attach path ~10 ms.)"""
+
+        NAME: str
+
+        def available(self) -> bool:
+            """Cheap (a stat): is the runtime's state here at all?"""
+
+        def find(self, query: str) -> list[Target]:
+            """Containers whose name or ID is `query` (exact) or, for a hex ID, starts with
+            it; stopped ones too, with their state. May parse `NS/ID` itself."""
+
+        def list_running(self) -> list[Target]:
+            """Every container with a live process (running or paused)."""
+
+        def exec_argv(
+            self, target: Target, argv: list[str], tty: bool, env: dict[str, str]
+        ) -> list[str]:
+            """The runtime's own exec of argv in target (for sideload -e)."""
+
+
+class NotRunning(TargetError):
+    """The container exists but has no process to attach to (stopped, created, paused)."""
+
+
+RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "lxc", "machine", "crun", "runc")
 # When one process is known to several runtimes (Docker's containers are containerd tasks
 # too), the first in this order names it.
 PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))}
@@ -17,17 +44,22 @@ PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))
 class Target:
     """A running container (or process) crashcart can attach to."""
 
-    __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact")
+    __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact", "state",
+                 "detail", "started", "owner")  # fmt: skip
 
     def __init__(
         self,
-        runtime: str,  # docker, podman, containerd, runc or pid
+        runtime: str,  # one of RUNTIMES, or pid
         id: str,
         name: str,
-        pid: int,  # host PID of the container's main process
+        pid: int,  # host PID of the container's main process (0 when it has none)
         image: str = "",
-        namespace: str | None = None,  # containerd namespace
+        namespace: str | None = None,  # containerd namespace, or podman pod
         exact: bool = True,  # matched by full name/ID rather than by an ID prefix
+        state: str = "running",  # running, paused, stopped, created, restarting
+        detail: str = "",  # for a container that is not running: "exit code 0, 5 s ago"
+        started: int | None = None,  # starttime of `pid` (/proc/PID/stat field 22), if known
+        owner: int = 0,  # the uid whose rootless runtime runs it (0: root's)
     ) -> None:
         self.runtime = runtime
         self.id = id
@@ -36,6 +68,10 @@ class Target:
         self.image = image
         self.namespace = namespace
         self.exact = exact
+        self.state = state
+        self.detail = detail
+        self.started = started
+        self.owner = owner
 
     def __repr__(self) -> str:
         return f"Target({self.ref}, name={self.name!r}, pid={self.pid}, exact={self.exact})"
@@ -53,6 +89,8 @@ class Target:
         return f"{self.runtime}://{ns}{self.id}"
 
     def describe(self) -> str:
+        if self.runtime == "pid" and self.detail:
+            return f"pid {self.pid} ({self.name}, in {self.detail})"
         label = self.name if self.name and self.name != self.id else self.short_id
         return f"{self.runtime} {label} ({self.short_id}, pid {self.pid})"
 
@@ -87,25 +125,10 @@ class Spec:
         return f"Spec{self._key()!r}"
 
 
-def check_identity(target: Target, cgroup_paths: list[str]) -> None:
-    """After pinning: the pinned process must still be the container's. A runtime names the
-    PID at one moment and crashcart pins it the next; if the container exited in between and
-    the PID was reused, the new process is not in the container's cgroup, whose path names
-    the container's ID under every runtime's default cgroup layout."""
-    if target.runtime == "pid" or any(target.id in path for path in cgroup_paths):
-        return
-    from crashcart.errors import TargetGone
-
-    raise TargetGone(
-        f"PID {target.pid} no longer belongs to {target.describe()} (it exited, and the PID "
-        "was reused?)",
-        hint=f"if its cgroup path just does not name the container, use pid://{target.pid}",
-    )
-
-
 def parse_spec(text: str, runtime: str | None = None) -> Spec:
-    """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | docker:// podman:// containerd://[NS/]
-    runc:// pid:// prefixed forms. --runtime forces the runtime like a prefix does."""
+    """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | RUNTIME://[NS/]QUERY | pid://PID.
+    --runtime forces the runtime like a prefix does. NS/ is containerd's namespace, or
+    podman's pod (podman://POD/CONTAINER)."""
     if not text or any(c in text for c in "\0\n"):
         raise UsageError(f"invalid target {text!r}")
     scheme, sep, rest = text.partition("://")
@@ -124,12 +147,16 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
         raise UsageError(f"unknown runtime {runtime!r}", hint=f"use one of: {', '.join(RUNTIMES)}")
     namespace = None
     if "/" in query:
-        if runtime not in (None, "containerd"):
-            raise UsageError(f"{text!r}: only containerd targets take a NAMESPACE/ID form")
+        if runtime not in (None, "containerd", "podman"):
+            raise UsageError(
+                f"{text!r}: only containerd (NAMESPACE/ID) and podman (POD/CONTAINER) targets "
+                "take a two-part form"
+            )
         namespace, _, query = query.partition("/")
-        runtime = "containerd"
+        runtime = runtime or "containerd"
         if not namespace or not query or "/" in query:
-            raise UsageError(f"invalid containerd target {text!r}", hint="use NAMESPACE/ID")
+            form = "POD/CONTAINER" if runtime == "podman" else "NAMESPACE/ID"
+            raise UsageError(f"invalid {runtime} target {text!r}", hint=f"use {form}")
     if not query:
         raise UsageError(f"invalid target {text!r}: nothing after the runtime")
     if runtime == "pid" or (runtime is None and query.isdigit() and query.isascii()):
@@ -139,11 +166,22 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
     return Spec(text, runtime, query, namespace)
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_hex_id(ident: str) -> bool:
+    """A runtime-generated ID (Docker, Podman, CRI: 64 hex digits), which a prefix may name."""
+    return len(ident) >= 12 and _HEX.issuperset(ident)
+
+
 def matches(query: str, ident: str, names: list[str]) -> tuple[bool, bool]:
-    """(matched, exact): exact on a name or the full ID, inexact on an ID prefix."""
+    """(matched, exact): exact on a name or the full ID, inexact on a prefix of a hex ID.
+    An ID that is a name (containerd, runc, LXC, nspawn let the user pick it) is matched
+    only exactly: `cc-h-` must never pick the task `cc-h-ctrd` beside a container
+    `cc-h-thin`, as `docker` would not either."""
     if query == ident or query in names:
         return True, True
-    return ident.startswith(query), False
+    return is_hex_id(ident) and ident.startswith(query), False
 
 
 def field(obj: Any, key: str, kind: type, where: str) -> Any:

@@ -146,20 +146,21 @@ def test_unknown_target_names_the_runtimes_searched(toolbox: str) -> None:
     proc = ccrun.run("no-such-container-anywhere", "--", "true")
     err = proc.stderr.decode()
     assert proc.returncode == 125
-    assert "no running container matches 'no-such-container-anywhere'" in err
-    assert "searched: docker, podman, containerd, runc" in err
+    assert "no container matches 'no-such-container-anywhere'" in err
+    assert "searched: docker, podman, containerd, lxc, machine, crun, runc" in err
     assert "Traceback" not in err
 
 
 def test_ambiguous_prefix_across_runtimes(start_container: ContainerFactory) -> None:
-    """containerd and runc IDs are names: make two that share a prefix in two runtimes."""
+    """containerd and runc IDs are names, matched only exactly: a shared prefix of two is a
+    miss that names both as near matches, never one of them."""
     a = start_container("containerd", "distroless")
     b = start_container("runc", "distroless")
-    prefix = "cc-test-"
+    prefix = os.path.commonprefix([a.id, b.id])  # this test's own: cc-test-ambiguous-...
     proc = ccrun.run(prefix, "--", "true")
     err = proc.stderr.decode()
     assert proc.returncode == 125, err
-    assert f"containerd://{a.namespace}/{a.id}" in err and f"runc://{b.id}" in err
+    assert f"{a.id} (containerd)" in err and f"{b.id} (runc)" in err
 
 
 def test_command_not_found_and_not_executable(
@@ -258,5 +259,6 @@ def test_ps_lists_containers_across_runtimes(
         if c.runtime in ("docker", "podman"):
             assert r["name"] == c.name and "distroless" in r["image"]
     table = ccrun.text(ccrun.run("ps"))
-    assert table.splitlines()[0].split() == ["RUNTIME", "NAME", "ID", "IMAGE", "PID", "TOOLBOX"]
+    header = table.splitlines()[0].split()
+    assert header == ["RUNTIME", "NAME", "ID", "IMAGE", "STATE", "PID", "TOOLBOX"]
     assert all(c.name in table or c.id[:12] in table for c in made)

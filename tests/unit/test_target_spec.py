@@ -15,7 +15,7 @@ from crashcart.errors import CrashcartError, RuntimeAnswerError, UsageError
 from crashcart.targets import dedupe, runc, unixhttp
 from crashcart.targets import podman as podman_mod
 from crashcart.targets.docker import _target as docker_target
-from crashcart.targets.model import Spec, Target, matches, parse_spec
+from crashcart.targets.model import RUNTIMES, Spec, Target, matches, parse_spec
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_spec_forms(text: str, expected: Spec) -> None:
 
 
 @pytest.mark.parametrize(
-    "text,runtime", [("lxc://x", None), ("docker://", None), ("pid://0", None), ("pid://x", None),
+    "text,runtime", [("rkt://x", None), ("docker://", None), ("pid://0", None), ("pid://x", None),
                      ("docker://a/b", None), ("ns/", None), ("a/b/c", None), ("x", "kube"),
                      ("docker://x", "podman"), ("", None), ("a\nb", None)],
 )  # fmt: skip
@@ -51,19 +51,20 @@ def test_runtime_option_forces_like_a_prefix() -> None:
     assert parse_spec("123", "docker").runtime == "docker"
 
 
-@given(st.text(max_size=40), st.sampled_from([None, "docker", "podman", "containerd", "runc"]))
+@given(st.text(max_size=40), st.sampled_from([None, *RUNTIMES]))
 def test_spec_parser_total(text: str, runtime: str | None) -> None:
     try:
         spec = parse_spec(text, runtime)
     except UsageError:
         return
-    assert spec.query and (spec.runtime in (None, "docker", "podman", "containerd", "runc", "pid"))
+    assert spec.query and (spec.runtime in (None, *RUNTIMES, "pid"))
 
 
 def test_matches() -> None:
     assert matches("web", "abc", ["web"]) == (True, True)
     assert matches("abc", "abc", []) == (True, True)
-    assert matches("ab", "abc", []) == (True, False)
+    assert matches("ab", "abc", []) == (False, False)  # an ID that is a name: exact only
+    assert matches("abc1", "abc123" * 10 + "abcd", []) == (True, False)  # a hex ID's prefix
     assert matches("x", "abc", ["y"]) == (False, False)
 
 
@@ -146,8 +147,8 @@ def test_runc_state_live_and_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         json.dumps({"id": "stale", "init_process_pid": me, "init_process_start": 1}),
     )
     assert [t.id for t in runc.list_running()] == ["live"]
-    assert runc.find("stale") == []
-    assert [t.exact for t in runc.find("li")] == [False]
+    assert [(t.state, t.pid) for t in runc.find("stale")] == [("stopped", 0)]
+    assert runc.find("li") == []  # runc IDs are names: no prefix matching
 
 
 @pytest.mark.parametrize(

@@ -159,7 +159,7 @@ def _name(e: OSError) -> bytes:
     return f" ({e.filename})".encode() if e.filename else b""
 
 
-def check_dev(entries: list[state.MountEntry]) -> None:
+def check_dev(entries: list[state.MountEntry], own_ns: int = 0) -> None:
     dev = state.mount_of(entries, "/dev")
     if dev is None or dev.point != "/dev":
         raise SideloadError(
@@ -181,12 +181,32 @@ def check_dev(entries: list[state.MountEntry]) -> None:
             "filesystems read-write",
             hint="use session mode (crashcart TARGET), which needs no mount point",
         )
-    if dev.shared:
+    if dev.shared and _peers_elsewhere(dev, own_ns):
         raise SideloadError(
-            "the container's /dev is a shared mount: a mount there would propagate to other "
-            "mount namespaces (possibly the host's)",
+            "the container's /dev is a shared mount with peers in other mount namespaces: a "
+            "mount there would propagate to them (possibly the host's)",
             hint="use session mode (crashcart TARGET)",
         )
+
+
+def _peers_elsewhere(dev: state.MountEntry, own_ns: int) -> bool:
+    """Whether /dev's peer group has a member outside the target's mount namespace. LXC and
+    nspawn make every mount of a container shared, in peer groups of its own: a mount
+    there propagates nowhere else, and is fine."""
+    groups = {f for f in dev.optional if f.startswith("shared:")}
+    seen = {own_ns}
+    for pid in procfs.pids():
+        try:
+            ino = os.stat(f"{procfs.PROC}/{pid}/ns/mnt").st_ino
+            if ino in seen:
+                continue
+            seen.add(ino)
+            mounts = mountinfo.read(pid)
+        except (OSError, ValueError):
+            continue
+        if any(groups & set(m.optional) for m in mounts):
+            return True
+    return False
 
 
 def mount(target: Target, image: str, allow_host: bool = False) -> bool:
@@ -214,7 +234,7 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
             record["by_exec"] = False  # -m: it stays until -u, whoever mounted it
         state.write_record(o.key, record)
         return False
-    check_dev(entries)
+    check_dev(entries, int(o.key.removeprefix("mnt-")))
     toolbox = open_toolbox(image)
     try:
         uid, gid = o.root_ids()

@@ -33,11 +33,8 @@ INITTAB = """::sysinit:/bin/ip link set lo up
 """
 SERVICES = 3
 # LXC 5.0 and nspawn 252 put the container's mounts in shared peer groups of their own (new
-# groups, no peer outside the container: measured), and crashcart -m refuses a shared /dev.
-# For LXC neither
-# `lxc.rootfs.options = rprivate` nor an autodev hook running `mount --make-rprivate`
-# changes that (LXC re-shares after the hooks), so the test bed makes the container's mount
-# namespace private once it runs: its own namespace only, nothing on the host.
+# groups, no peer outside the container: measured); crashcart -m refuses a shared /dev only
+# when a peer lives in another mount namespace, so these containers are used as they come.
 LXC_CONFIG = """# crashcart test bed (tests/testbed/system_containers.py)
 lxc.uts.name = {name}
 lxc.rootfs.path = dir:{rootfs}
@@ -104,10 +101,6 @@ def _services_up(pid: int, timeout: float = 15.0) -> None:
     raise TestbedError(f"init (pid {pid}) did not start its {SERVICES} services in {timeout}s")
 
 
-def _private_mounts(pid: int) -> None:
-    runtimes.run(["nsenter", "-t", str(pid), "-m", "mount", "--make-rprivate", "/"])
-
-
 def start_lxc(name: str) -> Container:
     if reason := unavailable_reason("lxc"):
         raise RuntimeUnavailable(f"lxc: {reason}")
@@ -120,7 +113,6 @@ def start_lxc(name: str) -> Container:
         log.mkdir(parents=True, exist_ok=True)
         runtimes.run(["lxc-start", "-n", name, "-d", "-o", str(log / "lxc.log")])
         pid = int(runtimes.run(["lxc-info", "-n", name, "-pH"]).stdout.strip())
-        _private_mounts(pid)
         _services_up(pid)
     except BaseException:
         remove_lxc(name)
@@ -150,7 +142,6 @@ def start_nspawn(name: str) -> Container:
     (wd / "nspawn.pid").write_text(str(proc.pid))
     try:
         leader = _nspawn_leader(proc)
-        _private_mounts(leader)
         _services_up(leader)
     except BaseException:
         remove_nspawn(name)

@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import NoReturn
 
-from crashcart.errors import CrashcartError
+from crashcart.errors import UsageError
 
 DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
 
@@ -33,7 +34,7 @@ The image is relocated to run from /dev/crashcart inside any container (glibc or
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="crashcart image", description="toolbox images")
+    parser = _Parser(prog="crashcart image", description="toolbox images")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser(
         "build",
@@ -64,20 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """A usage error is crashcart's own failure (125), printed like every other one by
+        crashcart's main(), never argparse's exit 2."""
+        raise UsageError(message, hint=f"see {self.prog} --help")
+
+
 def main(argv: list[str]) -> int:
+    """`crashcart image ...`; errors propagate to crashcart.cli.main, which prints them."""
     args = _parser().parse_args(argv)
-    try:
-        if args.command == "build":
-            return _build(args)
-        return _info(args)
-    except CrashcartError as e:
-        print(f"crashcart: {e.message}", file=sys.stderr)
-        if e.hint:
-            print(f"crashcart: hint: {e.hint}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("crashcart: interrupted", file=sys.stderr)
-        return 130
+    if args.command == "build":
+        return _build(args)
+    return _info(args)
 
 
 def _build(args: argparse.Namespace) -> int:

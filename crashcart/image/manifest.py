@@ -183,7 +183,12 @@ def summary(manifest: Manifest, image: str) -> str:
         f"relocation: {reloc.get('elf_patched', 0)} ELF files patched, "
         f"{reloc.get('symlinks_rewritten', 0)} symlinks and "
         f"{reloc.get('shebangs_rewritten', 0)} #! lines rewritten, "
-        f"{len(reloc.get('not_relocated', []))} problems",
+        f"{_count(len(reloc.get('not_relocated', [])), 'problem')}",
         f"tools ({len(tools)}): {' '.join(tools)}",
     ]
+    lines += [f"  not relocated: {p}" for p in reloc.get("not_relocated", [])]
     return "\n".join(lines) + "\n"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s") + (":" if n else "")

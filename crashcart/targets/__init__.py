@@ -128,17 +128,17 @@ def resolve(spec: Spec) -> Target:
 
 
 def _running(t: Target) -> Target:
-    if t.state == "running":
+    # A paused container still has its processes: a session attaches without joining its
+    # freezer (attach/plan.py says so), and -m/-u need no process to run.
+    if t.state in ("running", "paused"):
         return t
     what = {
         "stopped": "is stopped",
         "created": "was created but never started",
         "restarting": "is restarting",
-        "paused": "is paused",
     }.get(t.state, f"is {t.state}")
     detail = f" ({t.detail})" if t.detail else ""
     hint = {
-        "paused": f"unpause it first ({t.runtime} unpause)",
         "restarting": "wait until it runs, then try again",
     }.get(t.state, "start it first; crashcart attaches only to a running container")
     raise NotRunning(f"{t.runtime} container {t.name or t.id} {what}{detail}", hint=hint)

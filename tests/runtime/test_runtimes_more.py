@@ -86,7 +86,8 @@ def _docker(*args: str) -> str:
 def test_containers_that_do_not_run_say_so(
     start_container: ContainerFactory, made: list[tuple[str, str]], toolbox: str
 ) -> None:
-    """Stopped (exit code, when), created, paused: exit 125 and a message of its own."""
+    """Stopped (exit code, when), created: exit 125 and a message of its own. Paused: the
+    session attaches (outside its freezer cgroup) and says so."""
     img = runtimes.image_ref("docker", "busybox")
     runtimes.ensure_image("docker", "busybox")
     exited, created = runtimes.new_name("exited"), runtimes.new_name("created")
@@ -100,13 +101,14 @@ def test_containers_that_do_not_run_say_so(
         cases = {
             exited: r"is stopped \(exit code 3, finished 20\d\d-",
             created: "was created but never started",
-            paused.name: "is paused",
         }
         for name, message in cases.items():
             proc = crashcart(name, "--", "true")
             assert proc.returncode == 125, (name, err(proc))
             assert "no container matches" not in err(proc)
             assert re.search(f"docker container {name} {message}", err(proc)), err(proc)
+        session = crashcart(paused.name, "--", "true")
+        assert session.returncode == 0 and "is paused" in err(session), err(session)
         ps = ccrun.text(crashcart("ps"))
         row = next(line for line in ps.splitlines() if paused.name in line)
         assert " paused " in row and ps.splitlines()[0].split()[4] == "STATE", ps

@@ -783,8 +783,12 @@ def test_exec_never_runs_what_the_container_put_at_dev_crashcart(
                 marker.unlink()
             if e.returncode not in (0, 125) or (e.returncode == 125 and not one_clear_line(err)):
                 bad.append(f"round {n}: -e exit {e.returncode}: {err}")
+            left = [m.mountpoint for m in toolbox_mounts(c, baseline)]
+            if left:
+                bad.append(f"round {n}: -e left the toolbox mounted at {left}")
             _clean_round(c, baseline)
-    assert not bad, "\n".join([f"{len(bad)} bad round(s) of 10", *bad, *rounds])
+    broken = len({b.split(":")[0] for b in bad})
+    assert not bad, "\n".join([f"{broken}/10 rounds broken ({how})", *bad, *rounds])
 
 
 def _clean_round(c: Container, baseline: set[str]) -> None:

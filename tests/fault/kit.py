@@ -296,3 +296,63 @@ def leaks(before: lc.Snapshot, settle: float = 2.0) -> list[str]:
         if not kept or time.monotonic() >= deadline:
             return kept
         time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Attack helpers (tests/fault/test_attacks.py)
+
+# Docker's default capability set for a container's root.
+DOCKER_DEFAULT_CAPS = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+)  # fmt: skip
+
+
+def put_file(c: Container, src: Path, name: str, mode: int = 0o755) -> None:
+    """Copy a host file to /NAME in the container (as test_hostile.put_probe does)."""
+    dst = Path(f"/proc/{c.pid}/root/{name.lstrip('/')}")
+    shutil.copy(src, dst)
+    os.chmod(dst, mode)
+
+
+def procs_named(c: Container, prefix: str) -> list[int]:
+    """Host PIDs of the container's processes whose command line starts with `prefix`."""
+    return sorted(p.pid for p in lc.pidns_procs(c.pid) if p.cmdline.startswith(prefix))
+
+
+def start_unnamed_runc(caps: Sequence[str] = DOCKER_DEFAULT_CAPS) -> Container:
+    """A runc busybox container whose cgroup path does not name it (`cgroupsPath`, as LXC,
+    nspawn or a hand-written runc config give): no runtime claims its processes, so
+    crashcart reaches them only as pid://PID, names the target after the process's comm,
+    and runs `-e` through nsenter. Remove it with runtimes.remove_by_name("runc", name)."""
+    import json
+    import secrets
+
+    from tests.testbed import runtimes
+
+    runtimes.require("runc")
+    built = runtimes.ensure_image("runc", "busybox")
+    name = runtimes.new_name("unnamed-cgroup")
+    bundle = runtimes.workdir(name)
+    bundle.mkdir(parents=True)
+    rootfs = bundle / "rootfs"
+    try:
+        shutil.copytree(built.rootfs, rootfs, symlinks=True)
+        runtimes._runc_config(bundle, rootfs, list(built.cmd), False, False)
+        config = bundle / "config.json"
+        spec = json.loads(config.read_text())
+        spec["linux"]["cgroupsPath"] = f"/cc-unnamed-{secrets.token_hex(4)}"
+        spec["process"]["capabilities"] = {k: list(caps) for k in
+                                           ("bounding", "effective", "permitted")}  # fmt: skip
+        config.write_text(json.dumps(spec, indent=1))
+        with open(bundle / "log", "ab") as log:
+            subprocess.run(["runc", "run", "-d", "--pid-file", str(bundle / "pid"), "--bundle",
+                            str(bundle), name], stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=log, timeout=60, check=True)  # fmt: skip
+        pid = int((bundle / "pid").read_text())
+        runtimes.run(["nsenter", "-t", str(pid), "-n", "ip", "link", "set", "lo", "up"])
+    except BaseException:
+        runtimes.remove_by_name("runc", name)
+        raise
+    return Container("runc", name, name, pid, "busybox")

@@ -186,26 +186,44 @@ class Session:
     def _setup_message(self, kind: bytes, body: bytes, fds: list[int]) -> bool:
         if kind == wire.PTY and fds:
             self.master = fds.pop(0)
-        elif kind == wire.STARTED and fds and body.isdigit():
-            self.sup_pid, self.sup_pidfd = int(body), fds.pop(0)
-            self.session_ns = None if self.prep.in_place else _mnt_ns(self.setup_pid)
-            self.deadline = time.monotonic() + setup_timeout()
         elif kind == wire.FAILED:
             _, text = wire.parse_failure(body)
             self._wait_setup(KILL_GRACE)
             if not self.prep.pinned.alive():  # ENOMEM: its pid namespace has no init any more
                 raise TargetGone(f"{self.prep.target.describe()} exited while crashcart attached")
             raise CrashcartError(text)
-        elif not kind:
-            self._setup_died()
+        elif not kind:  # the setup process closed its socket: it forks the supervisor now
+            self._find_supervisor()
         for fd in fds:
             os.close(fd)
         return self.sup_pid > 0
 
+    def _find_supervisor(self) -> None:
+        """The supervisor is the setup process's only child. It cannot be reaped (and its PID
+        reused) before we let the setup process do so: pidfd first, then REAP_OK."""
+        end = time.monotonic() + setup_timeout()
+        path = f"{procfs.PROC}/{self.setup_pid}/task/{self.setup_pid}/children"
+        while time.monotonic() < end:
+            try:
+                kids = procfs.read_text(path, limit=4096).split()
+            except OSError:
+                kids = []
+            if kids and kids[0].isdigit():
+                self.sup_pid = int(kids[0])
+                self.sup_pidfd = os.pidfd_open(self.sup_pid)
+                libc.pidfd_send_signal(self.setup_pidfd, setup.REAP_OK)
+                self.session_ns = None if self.prep.in_place else _mnt_ns(self.sup_pid)
+                self.deadline = time.monotonic() + setup_timeout()
+                return
+            if _state(self.setup_pid) in ("Z", "X", "gone"):
+                self._setup_died()
+            time.sleep(0.0005)
+        raise CrashcartError(f"the session's supervisor did not start within {setup_timeout():g} s")
+
     def _setup_died(self) -> None:
         _, status = self._wait_setup(KILL_GRACE)
         code = os.waitstatus_to_exitcode(status) if status is not None else 0
-        if code == -sig.SIGKILL and not self.prep.pinned.alive():
+        if not self.prep.pinned.alive():  # e.g. fork: ENOMEM in a pid namespace without init
             raise TargetGone(f"{self.prep.target.describe()} exited while crashcart attached")
         how = f"killed by signal {-code}" if code < 0 else f"exit status {code}"
         raise CrashcartError(f"the session ended before the command started ({how})")
@@ -237,7 +255,7 @@ class Session:
             r = relay.Relay(pipes.inputs(), pipes.outputs(), self.sup_pidfd,
                             pipes.close_host_end)  # fmt: skip
         r.watch[self.prep.report_r] = self._on_report
-        r.watch[self.prep.host_sock.fileno()] = self._on_setup
+        r.watch[self.setup_pidfd] = self._on_setup
         r.tick = self._tick
         self.relay = r
         r.run()
@@ -303,13 +321,11 @@ class Session:
         return True
 
     def _on_setup(self) -> bool:
-        kind, body, fds = wire.recv(self.prep.host_sock)
-        for fd in fds:
-            os.close(fd)
-        if kind == wire.WAITED and body.lstrip(b"-").isdigit():
-            self.status = int(body)
-            return True
-        return bool(kind)
+        """The setup process ended: its wait status is the supervisor's (it mirrors it)."""
+        pid, status = self._reap_setup()
+        if pid:
+            self.status = status
+        return not pid
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -374,34 +390,44 @@ class Session:
                 os.close(fd)
         self.master = self.sup_pidfd = self.setup_pidfd = -1
 
-    def _wait_setup(self, timeout: float) -> tuple[int, int | None]:
-        """Reap the setup process (it lives in the host: it ends once killed)."""
+    def _reap_setup(self) -> tuple[int, int | None]:
+        """(pid, wait status) of the setup process if it has ended, else (0, None)."""
         if self.setup_pid <= 0:
             return 0, None
+        try:
+            pid, status = os.waitpid(self.setup_pid, os.WNOHANG)
+        except ChildProcessError:
+            self.setup_pid = -1
+            return 0, None
+        if pid:
+            self.setup_pid = -1
+            return pid, status
+        return 0, None
+
+    def _wait_setup(self, timeout: float) -> tuple[int, int | None]:
+        """Reap the setup process, killing it after `timeout` (it lives in the host and is
+        never frozen: it ends once killed)."""
         end = time.monotonic() + timeout
-        while True:
-            try:
-                pid, status = os.waitpid(self.setup_pid, os.WNOHANG)
-            except ChildProcessError:
-                self.setup_pid = -1
-                return 0, None
+        while self.setup_pid > 0:
+            pid, status = self._reap_setup()
             if pid:
-                self.setup_pid = -1
                 return pid, status
             if time.monotonic() > end:
                 _kill_pidfd(self.setup_pidfd)
                 end = time.monotonic() + timeout
-            time.sleep(0.005)
+            time.sleep(0.002)
+        return 0, None
 
     def _wait_waited(self, timeout: float) -> None:
-        import select
-
+        """The setup process reaps the supervisor and ends as it did: bounded, since a
+        frozen supervisor would keep it waiting."""
         end = time.monotonic() + timeout
-        sock = self.prep.host_sock
-        while self.status is None and time.monotonic() < end:
-            ready, _, _ = select.select([sock], [], [], max(0.0, end - time.monotonic()))
-            if not ready or not self._on_setup():
+        while self.status is None and self.setup_pid > 0 and time.monotonic() < end:
+            pid, status = self._reap_setup()
+            if pid:
+                self.status = status
                 return
+            time.sleep(0.002)
 
     def _sweep(self) -> None:
         """End what is left of the session (the supervisor was killed before it could):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from typing import NoReturn
 
 SUPERVISOR_TITLE = "crashcart: session supervisor for "
+REAP_OK = sig.SIGUSR1
 
 
 def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
@@ -35,14 +36,18 @@ def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
     code = EXIT_CRASHCART
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+        sig.block(REAP_OK)  # the host's "I hold the supervisor's pidfd" waits here, pending
         faults.point("session:setup-start")
         os.setsid()  # no controlling terminal: nothing after us can reach the operator's
-        if peer_gone(ctx.sock):  # crashcart died before PDEATHSIG was armed
+        # Nothing of the host's process but what the session needs (its end of our socket
+        # included: with it gone, the socket's hang-up tells us if crashcart died before
+        # PDEATHSIG was armed).
+        procfs.close_fds_except({0, 1, 2, *ctx.fds(), *stdio})
+        if peer_gone(ctx.sock):
             os._exit(EXIT_CRASHCART)
         for signum in (sig.SIGPIPE, sig.SIGXFSZ, *child.FORWARDED):
             sig.handle(signum, sig.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
         _install_stdio(stdio)
-        procfs.close_fds_except({0, 1, 2, *ctx.fds()})
         child.run_plan(ctx, plan)
         faults.point("session:after-setup")
         code = _start_supervisor(ctx, final, title, areas)
@@ -92,6 +97,10 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     _enter_pid_and_user(ctx)
     _scrub(title, areas)
     _drop_privileges(ctx)
+    # Nothing the supervisor inherits may lead to the host: the socket goes now (the host
+    # reads its EOF as "setup done") and from here on the setup process speaks to the host
+    # by signals and by its exit status only.
+    ctx.sock.close()
     faults.point("session:before-supervisor")
     try:
         pid = os.fork()
@@ -100,7 +109,7 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     if pid == 0:
         code = EXIT_CRASHCART
         try:
-            ctx.sock.close()
+            sig.unblock(REAP_OK)
             code = child.supervisor_main(ctx, final)
         finally:
             os._exit(code)
@@ -108,7 +117,7 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
         if fd >= 0:
             os.close(fd)
     os.closerange(0, 3)
-    return _watch(ctx, pid)
+    return _watch(pid)
 
 
 def _enter_pid_and_user(ctx: Context) -> None:
@@ -144,15 +153,20 @@ def _drop_privileges(ctx: Context) -> None:
     caps.set_current(effective & keep, permitted & keep, 0)
 
 
-def _watch(ctx: Context, pid: int) -> int:
-    """Tell the host the supervisor runs (its PID and pidfd: the host moves it into the
-    target's cgroups, then lets it go), wait for it and report its wait status."""
-    pidfd = os.pidfd_open(pid)
-    wire.send(ctx.sock, wire.STARTED, str(pid).encode(), fd=pidfd)
-    os.close(pidfd)
+def _watch(pid: int) -> int:
+    """Wait until the host holds the supervisor's pidfd (it finds the supervisor among our
+    children and sends REAP_OK: until we reap it, its PID cannot be reused), then wait for
+    it and end the way it ended, so our exit status is its exit status."""
+    sig.wait(REAP_OK)
     _, status = os.waitpid(pid, 0)
-    wire.send(ctx.sock, wire.WAITED, str(status).encode())
-    return 0
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        if -code not in (sig.SIGKILL, sig.SIGSTOP):
+            sig.handle(-code, sig.SIG_DFL)
+            sig.unblock(-code)
+        os.kill(os.getpid(), -code)  # non-dumpable: no core file
+        return EXIT_CRASHCART
+    return code
 
 
 def _failed(sock: _socket.socket, code: int, message: str) -> None:

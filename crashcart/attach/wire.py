@@ -3,9 +3,12 @@
 Two channels, of different trust:
 
 - setup -> host: a SOCK_SEQPACKET unix socket from the setup process, which lives in the
-  host's pid namespace (the container cannot see it). One datagram per message, an fd
-  attached to some: PTY (the pty master), STARTED (the supervisor's pidfd; body: its PID),
-  FAILED (`CODE:text`, setup failed), WAITED (body: the supervisor's wait status).
+  host's pid namespace (the container cannot see it). One datagram per message: PTY (the
+  pty master attached) or FAILED (`CODE:text`, setup failed). The setup process closes it
+  before it forks the supervisor (which must inherit nothing that leads to the host): its
+  EOF means "setup done"; after that the host finds the supervisor among the setup
+  process's children, tells it so with a signal, and reads the supervisor's end from the
+  setup process's own wait status, which mirrors it.
 - session -> host: a pipe written by the supervisor and the command, which the container
   can see (and, with CAP_SYS_PTRACE, write into). Lines of `KIND[CODE:text]`; the host
   treats them as untrusted: known kinds only, codes from a fixed set, bounded text.
@@ -19,9 +22,7 @@ import sys
 from crashcart.errors import EXIT_CANNOT_EXECUTE, EXIT_CRASHCART, EXIT_NOT_FOUND
 
 PTY = b"P"
-STARTED = b"S"
 FAILED = b"E"
-WAITED = b"W"
 EXEC = b"X"  # session pipe: setup is over, the command execs now
 CODES = (EXIT_CRASHCART, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND)
 MAX_TEXT = 1000

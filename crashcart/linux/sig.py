@@ -18,6 +18,7 @@ SIGKILL: int = _signal.SIGKILL
 SIGUSR1: int = _signal.SIGUSR1
 SIGUSR2: int = _signal.SIGUSR2
 SIGPIPE: int = _signal.SIGPIPE
+SIGSTOP: int = _signal.SIGSTOP
 SIGTERM: int = _signal.SIGTERM
 SIGWINCH: int = _signal.SIGWINCH
 SIGXFSZ: int = _signal.SIGXFSZ
@@ -30,3 +31,16 @@ def handle(signum: int, handler: Handler) -> Handler:
     """Install a handler (a callable, SIG_DFL or SIG_IGN); return the previous one."""
     previous: Handler = _signal.signal(signum, handler)
     return previous
+
+
+def block(signum: int) -> None:
+    _signal.pthread_sigmask(_signal.SIG_BLOCK, {signum})
+
+
+def unblock(signum: int) -> None:
+    _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {signum})
+
+
+def wait(signum: int) -> None:
+    """Until `signum` (blocked by the caller) is delivered."""
+    _signal.sigwait({signum})

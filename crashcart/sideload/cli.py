@@ -34,8 +34,11 @@ def inner_argv(command: list[str], tty: bool) -> list[str]:
 
 
 def sideload_env(t: Target) -> dict[str, str]:
-    # The name may be a PID target's comm, which the container chose: never raw.
-    return {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": printable(t.name or t.id)}
+    """What the toolbox's rc file shows. A PID target is named by its reference, never by
+    its comm, which the container chose (a toolbox built before the rc quoted its prompt
+    would run `$(...)` in it)."""
+    name = t.ref if t.runtime == "pid" else printable(t.name or t.id)
+    return {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": name}
 
 
 def exec_argv(t: Target, command: list[str], tty: bool) -> list[str]:

@@ -22,6 +22,12 @@ def rows() -> list[dict[str, object]]:
                 "pid": t.pid,
                 "toolbox": state.mounted_in(t.pid),
                 "target": t.ref,
+                # Kubernetes pods (runtime k8s; namespace is then the pod's namespace).
+                "pod": t.pod,
+                "pod_uid": t.pod_uid,
+                "container": t.container,
+                "attempt": t.attempt,
+                "cri": t.cri,
             }
         )
     return out
@@ -38,7 +44,10 @@ def print_ps(as_json: bool) -> int:
     header = ("RUNTIME", "NAME", "ID", "IMAGE", "PID", "TOOLBOX")
     table = [header]
     for r in found:
-        runtime = str(r["runtime"]) + (f" ({r['namespace']})" if r["namespace"] else "")
+        # Which containerd namespace; for a pod's container (named NAMESPACE/POD/CONTAINER),
+        # which CRI runtime.
+        where = r["cri"] if r["runtime"] == "k8s" else r["namespace"]
+        runtime = str(r["runtime"]) + (f" ({where})" if where else "")
         toolbox = "mounted" if r["toolbox"] else "-"
         table.append((runtime, str(r["name"]), str(r["short_id"]), str(r["image"]) or "-",
                       str(r["pid"]), toolbox))  # fmt: skip

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from crashcart.errors import AmbiguousTarget, TargetError
 from crashcart.linux import procfs
-from crashcart.targets import containerd, docker, podman, runc
+from crashcart.targets import containerd, docker, k8s, podman, runc
 from crashcart.targets.model import PRIORITY, RUNTIMES, Spec, Target, parse_spec
 
 MODULES = {
     "docker": docker,
+    "k8s": k8s,
     "podman": podman,
     "containerd": containerd,
     "runc": runc,
@@ -19,7 +20,8 @@ __all__ = ["Spec", "Target", "parse_spec", "resolve", "list_all", "MODULES"]
 
 def dedupe(targets: list[Target]) -> list[Target]:
     """One entry per process: Docker's containers are also containerd tasks, Podman's are
-    also runc containers; the higher-level runtime names them."""
+    also runc containers, a pod's are containerd tasks (or, on CRI-O, in Podman's store); the
+    higher-level runtime names them."""
     best: dict[int, Target] = {}
     for t in targets:
         if t.pid not in best or PRIORITY[t.runtime] < PRIORITY[best[t.pid].runtime]:
@@ -81,7 +83,8 @@ def resolve(spec: Spec) -> Target:
     listing = "; ".join(f"{t.ref} ({t.name})" for t in candidates)
     raise AmbiguousTarget(
         f"{spec.text!r} matches {len(candidates)} containers: {listing}",
-        hint="use a longer ID prefix or a runtime prefix such as docker://NAME",
+        hint="use a longer ID prefix or a runtime prefix such as docker://NAME "
+        "(a pod's container: k8s://NAMESPACE/POD/CONTAINER)",
     )
 
 

@@ -8,16 +8,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "runc")
+RUNTIMES: tuple[str, ...] = ("docker", "k8s", "podman", "containerd", "runc")
 # When one process is known to several runtimes (Docker's containers are containerd tasks
-# too), the first in this order names it.
+# too; a pod's are containerd's or, on CRI-O, in Podman's containers/storage), the first in
+# this order names it.
 PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))}
 
 
 class Target:
     """A running container (or process) crashcart can attach to."""
 
-    __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact")
+    __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact",
+                 "pod", "pod_uid", "container", "attempt", "cri")  # fmt: skip
 
     def __init__(
         self,
@@ -26,8 +28,14 @@ class Target:
         name: str,
         pid: int,  # host PID of the container's main process
         image: str = "",
-        namespace: str | None = None,  # containerd namespace
+        namespace: str | None = None,  # containerd namespace; a pod's Kubernetes namespace
         exact: bool = True,  # matched by full name/ID rather than by an ID prefix
+        *,
+        pod: str | None = None,  # k8s: the pod's name, its UID, the container's name in it,
+        pod_uid: str | None = None,  # its restart attempt (None: unknown) and the CRI
+        container: str | None = None,  # runtime (containerd or cri-o)
+        attempt: int | None = None,
+        cri: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.id = id
@@ -36,6 +44,11 @@ class Target:
         self.image = image
         self.namespace = namespace
         self.exact = exact
+        self.pod = pod
+        self.pod_uid = pod_uid
+        self.container = container
+        self.attempt = attempt
+        self.cri = cri
 
     def __repr__(self) -> str:
         return f"Target({self.ref}, name={self.name!r}, pid={self.pid}, exact={self.exact})"
@@ -49,6 +62,8 @@ class Target:
         """The unambiguous spelling of this target: runtime://[ns/]id."""
         if self.runtime == "pid":
             return f"pid://{self.pid}"
+        if self.pod is not None:
+            return f"k8s://{self.namespace}/{self.pod}/{self.container}"
         ns = f"{self.namespace}/" if self.namespace else ""
         return f"{self.runtime}://{ns}{self.id}"
 
@@ -105,7 +120,8 @@ def check_identity(target: Target, cgroup_paths: list[str]) -> None:
 
 def parse_spec(text: str, runtime: str | None = None) -> Spec:
     """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | docker:// podman:// containerd://[NS/]
-    runc:// pid:// prefixed forms. --runtime forces the runtime like a prefix does."""
+    runc:// pid:// k8s://[NS/]POD[/CONTAINER] prefixed forms. --runtime forces the runtime
+    like a prefix does."""
     if not text or any(c in text for c in "\0\n"):
         raise UsageError(f"invalid target {text!r}")
     scheme, sep, rest = text.partition("://")
@@ -122,14 +138,22 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
         query = text
     if runtime is not None and runtime not in (*RUNTIMES, "pid"):
         raise UsageError(f"unknown runtime {runtime!r}", hint=f"use one of: {', '.join(RUNTIMES)}")
+    if runtime == "k8s":
+        return _k8s_spec(text, query)
     namespace = None
     if "/" in query:
         if runtime not in (None, "containerd"):
-            raise UsageError(f"{text!r}: only containerd targets take a NAMESPACE/ID form")
+            raise UsageError(
+                f"{text!r}: only containerd targets take a NAMESPACE/ID form",
+                hint="a Kubernetes pod is k8s://NAMESPACE/POD[/CONTAINER]",
+            )
         namespace, _, query = query.partition("/")
         runtime = "containerd"
         if not namespace or not query or "/" in query:
-            raise UsageError(f"invalid containerd target {text!r}", hint="use NAMESPACE/ID")
+            raise UsageError(
+                f"invalid containerd target {text!r}",
+                hint="use NAMESPACE/ID, or k8s://NAMESPACE/POD/CONTAINER for a pod",
+            )
     if not query:
         raise UsageError(f"invalid target {text!r}: nothing after the runtime")
     if runtime == "pid" or (runtime is None and query.isdigit() and query.isascii()):
@@ -137,6 +161,19 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
             raise UsageError(f"invalid PID {query!r}")
         return Spec(text, "pid", str(int(query)))
     return Spec(text, runtime, query, namespace)
+
+
+def _k8s_spec(text: str, query: str) -> Spec:
+    """k8s://[NS/]POD[/CONTAINER]: the query is NS/POD[/CONTAINER], NS `default` if absent
+    (a two-part form is NAMESPACE/POD, as kubectl's NAMESPACE defaults and POD does not)."""
+    parts = query.split("/")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise UsageError(
+            f"invalid Kubernetes target {text!r}", hint="use k8s://[NAMESPACE/]POD[/CONTAINER]"
+        )
+    if len(parts) == 1:
+        parts.insert(0, "default")
+    return Spec(text, "k8s", "/".join(parts))
 
 
 def matches(query: str, ident: str, names: list[str]) -> tuple[bool, bool]:

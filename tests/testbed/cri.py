@@ -184,8 +184,8 @@ class Cri:
     def remove_container(self, container_id: str) -> None:
         self.call("RemoveContainer", pb_str(1, container_id))
 
-    def list_pod_sandboxes(self) -> list[tuple[str, str, str]]:
-        """(sandbox id, pod namespace, pod name) of every sandbox the CRI knows."""
+    def list_pod_sandboxes(self) -> list[tuple[str, str, str, str]]:
+        """(sandbox id, pod namespace, pod name, pod UID) of every sandbox the CRI knows."""
         out = []
         for item in pb_decode(self.call("ListPodSandbox", b"")).get(1, []):
             assert isinstance(item, bytes)
@@ -193,7 +193,9 @@ class Cri:
             meta = fields.get(2, [b""])[0]
             assert isinstance(meta, bytes)
             m = pb_decode(meta)
-            out.append((_first_str(fields, 1), _first_str(m, 3), _first_str(m, 1)))
+            out.append(
+                (_first_str(fields, 1), _first_str(m, 3), _first_str(m, 1), _first_str(m, 2))
+            )
         return out
 
 
@@ -558,33 +560,40 @@ def kubelet() -> Iterator[Kubelet]:
             raise TestbedError("; ".join(errors))
 
 
-def leftovers(cri: Cri) -> list[tuple[str, str, str]]:
+def leftovers(cri: Cri) -> list[tuple[str, str, str, str]]:
     return [s for s in cri.list_pod_sandboxes() if s[2].startswith(NAME_PREFIX)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """status and cleanup speak the CRI (grpcio: the venv); images needs the standard
+    library only (Debian's python, as scripts/runtimes load-images runs it)."""
     args = list(sys.argv[1:] if argv is None else argv)
     cmd = args[0] if args else "status"
-    cri = Cri()
+    if cmd not in ("status", "cleanup", "images"):
+        print(f"usage: python -m tests.testbed.cri status|cleanup|images (not {cmd!r})")
+        return 2
     try:
-        if cmd == "status":
-            name, version, api = cri.version()
-            left = leftovers(cri)
-            print(f"cri: {name} {version} (CRI {api}); cc-test-* pods: {len(left)}")
-        elif cmd == "cleanup":
-            for sid, ns, name in leftovers(cri):
+        if cmd == "images":
+            ensure_images()
+            return 0
+        cri = Cri()
+        try:
+            if cmd == "status":
+                name, version, api = cri.version()
+                left = leftovers(cri)
+                print(f"cri: {name} {version} (CRI {api}); cc-test-* pods: {len(left)}")
+            for sid, ns, name, uid in leftovers(cri) if cmd == "cleanup" else []:
                 print(f"cri: removing leftover pod {ns}/{name} ({sid[:12]})")
                 remove_sandbox(cri, sid)
-        elif cmd == "images":
-            ensure_images()
-        else:
-            print(f"usage: python -m tests.testbed.cri status|cleanup|images (not {cmd!r})")
-            return 2
-    except TestbedError as e:
+                if not re.fullmatch(r"[0-9a-f-]{1,64}", uid):
+                    continue  # not a UID the test bed made: touch no path built from it
+                shutil.rmtree(LOG_ROOT / f"{ns}_{name}_{uid}", ignore_errors=True)
+                shutil.rmtree(STATE / uid, ignore_errors=True)
+        finally:
+            cri.close()
+    except (TestbedError, fixture_images.ImageBuildError, OSError) as e:
         print(f"cri: {e}", file=sys.stderr)
         return 1
-    finally:
-        cri.close()
     return 0
 
 

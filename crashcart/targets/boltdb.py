@@ -154,10 +154,10 @@ def lookup(path: str, buckets: list[bytes]) -> dict[bytes, bytes] | None:
         with Reader(path) as db:
             try:
                 found = db.get(buckets)
-            except (Corrupt, struct.error):
+            except (Corrupt, struct.error) as e:
                 if db.stale():
                     continue
-                raise
+                raise Corrupt(f"{path}: {e}") from None
             if not db.stale():
                 return found
     raise Corrupt(f"{path}: changing too fast to read")

@@ -77,12 +77,15 @@ def test_one_container_distroless_pod(kubelet: Kubelet, leakcheck: lc.LeakCheckF
         status = run(pod.target(), "--", "bash", "-c", "exit 7")
         missing_cmd = run(pod.target(), "--", "no-such-tool")
         bare = run(pod.name, "--", "bash", "-c", "echo $CRASHCART_TARGET_ID")
+        by_pid = run(str(app.pid), "--", "bash", "-c", "echo $CRASHCART_RUNTIME $CRASHCART_TARGET")
     assert ss.returncode == 0, out(ss)
     assert ":8080" in out(ss) and '("server",pid=1,' in out(ss)
     assert gdb.returncode == 0, out(gdb)
     assert "#0 " in out(gdb)
     assert (status.returncode, missing_cmd.returncode) == (7, 127)
     assert bare.returncode == 0 and bare.stdout.decode().strip() == app.id, out(bare)
+    # A host PID is named after its pod container (its cgroup names the container's ID).
+    assert by_pid.returncode == 0 and by_pid.stdout.decode().split() == ["k8s", str(app.pid)]
 
 
 def test_ps_names_pod_containers(kubelet: Kubelet) -> None:

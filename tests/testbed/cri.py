@@ -24,6 +24,7 @@ a pause image is built from tests/testbed/pause.c and tagged as the CRI's sandbo
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -319,6 +320,12 @@ def check_host() -> None:
     takes (the first conflist in name order; podman's bridge must never be picked)."""
     if not os.path.exists(SOCKET):
         raise TestbedError(f"containerd's socket {SOCKET} is missing (scripts/runtimes start)")
+    if containerd_setting("restrict_oom_score_adj") != "true":
+        raise TestbedError(
+            "containerd's config lacks restrict_oom_score_adj = true (root lacks "
+            "CAP_SYS_RESOURCE here: runc fails on the CRI's oom_score_adj -998); "
+            "scripts/runtimes start writes it before starting containerd"
+        )
     confs = sorted(p.name for p in CNI_CONF_DIR.glob("*.conf*"))
     if not confs or confs[0] != CNI_CONF or not CNI_PLUGIN.exists():
         raise TestbedError(
@@ -327,6 +334,7 @@ def check_host() -> None:
         )
 
 
+@functools.cache
 def containerd_setting(key: str) -> str | None:
     """A value from `containerd config dump` (the file merged with the defaults)."""
     dump = run(["containerd", "config", "dump"]).stdout

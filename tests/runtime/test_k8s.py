@@ -5,6 +5,7 @@ every pod is stopped and removed however the test ends."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import subprocess
@@ -28,6 +29,8 @@ SIDECAR = ContainerSpec("side", "busybox", command=["/bin/sleep", "3600"])
 @pytest.fixture(scope="module")
 def cri_images() -> None:
     require_runtime("containerd")
+    if importlib.util.find_spec("grpc") is None:
+        missing("grpcio is not installed (the test extra: pip install '.[test]')")
     try:
         cri.check_host()
         cri.ensure_images()

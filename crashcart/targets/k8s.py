@@ -95,7 +95,14 @@ def _find_id(query: str) -> list[Target]:
         {n for root in (layout.containerd_tasks(), layout.crio_containers())
          for n in _listdir(root) if n.startswith(query)}
     )  # fmt: skip
-    return [_target(r, r.id == query) for r in _records(ids)]
+    found = [_target(r, r.id == query) for r in _records(ids)]
+    if not found and len(ids) == 1 and (pod := layout.sandbox_pod(ids[0])):
+        # The pause (infra) process holds the pod's namespaces and nothing to debug.
+        raise TargetError(
+            f"{ids[0][:12]} is the sandbox (pause) container of pod {pod}, never a target",
+            hint=f"name one of its containers: k8s://{pod}/CONTAINER (`crashcart ps` lists them)",
+        )
+    return found
 
 
 def _listdir(path: str) -> list[str]:

@@ -249,6 +249,23 @@ def crio_records(ids: list[str] | None = None, needle: bytes = b"") -> list[Reco
     return out
 
 
+def sandbox_pod(cid: str) -> str | None:
+    """NAMESPACE/POD when ``cid`` is a pod's running sandbox (pause, infra) container."""
+    ctd = os.path.join(containerd_tasks(), cid)
+    layouts = [(ctd, "init.pid", CRI_KEYS, "io.kubernetes.cri.container-type")]
+    if os.path.isdir(crio_run_dir()):
+        userdata = os.path.join(crio_containers(), cid, "userdata")
+        layouts.append((userdata, "pidfile", CRIO_KEYS, "io.kubernetes.cri-o.ContainerType"))
+    for bundle, pidfile, keys, kind in layouts:
+        config = os.path.join(bundle, "config.json")
+        pid, spec = _bundle(config, os.path.join(bundle, pidfile), cid, b"")
+        notes = _annotations(spec, config) if pid else {}
+        pod, ns = notes.get(keys["pod"]), notes.get(keys["namespace"])
+        if notes.get(kind) == "sandbox" and isinstance(pod, str) and isinstance(ns, str):
+            return f"{ns}/{pod}" if is_pod_name(pod) and is_dns_label(ns) else None
+    return None
+
+
 def _crio_attempt(notes: dict[str, Any], where: str) -> int | None:
     raw = notes.get("io.kubernetes.cri-o.Metadata")
     if not isinstance(raw, str):

@@ -103,8 +103,11 @@ def test_ps_names_pod_containers(kubelet: Kubelet) -> None:
         "container": "app",
     }  # fmt: skip
     assert (row["attempt"], row["cri"], row["target"]) == (0, "containerd", pod.target("app"))
-    # The pause sandbox is never a pod target.
+    # The pause sandbox is never a pod target, nor reached by its ID.
     assert not [r for r in ps_json() if r["runtime"] == "k8s" and r["pid"] == pod.sandbox_pid]
+    pause = run(pod.sandbox_id, "--", "true")
+    assert pause.returncode == 125
+    assert f"sandbox (pause) container of pod default/{pod.name}, never a target" in out(pause)
 
 
 def _two(kubelet: Kubelet, hint: str, **kw: object) -> Pod:

@@ -138,6 +138,8 @@ def test_crio_default_container_from_the_infra_containers_annotations(node: Path
     assert [t.id for t in k8s.find("default/web/app")] == [APP]
     assert [t.id for t in k8s.find("web")] == [SIDE]  # a bare pod name
     assert [(t.id, t.exact) for t in k8s.find(APP[:10])] == [(APP, False)]
+    with pytest.raises(TargetError, match="sandbox .pause. container of pod default/web"):
+        k8s.find(INFRA)
 
 
 def test_crio_several_containers_and_no_default_is_an_error_listing_them(node: Path) -> None:

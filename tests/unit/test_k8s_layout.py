@@ -22,7 +22,10 @@ What ran on a real CRI is tests/runtime/test_k8s.py (containerd's).
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +36,7 @@ from crashcart.targets import boltdb, dedupe, k8s
 from crashcart.targets import k8s_layout as layout
 from crashcart.targets.model import Spec, Target, parse_spec
 
+REPO = Path(__file__).resolve().parents[2]
 UID = "6f1c3a2e-9b7d-4c1e-8f00-1234567890ab"
 INFRA = "a1" * 32
 APP = "b2" * 32
@@ -391,3 +395,53 @@ def test_a_pod_container_is_named_by_k8s() -> None:
         Target("podman", APP, "x", 10),
     ]
     assert dedupe([*others, pod]) == [pod]
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/runtimes: containerd's config for the CRI test bed, written and put back
+
+
+DEBIAN_CONFIG = """version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"""  # Debian 12's containerd 1.6.20 ships this /etc/containerd/config.toml
+
+
+def _script(conf: Path, body: str) -> subprocess.CompletedProcess[str]:
+    """scripts/runtimes' functions (without its main) on ``conf``, containerd seen as down."""
+    script = REPO / "scripts" / "runtimes"
+    prog = f'source <(sed "\\$d" {script}); containerd_up() {{ return 1; }}; {body}'
+    env = {**os.environ, "CRASHCART_CONTAINERD_CONF": str(conf)}
+    return subprocess.run(["bash", "-c", prog], env=env, capture_output=True, text=True)
+
+
+OTHER_CONFIG = 'version = 2\n[plugins."io.containerd.internal.v1.opt"]\n  path = "/opt/x"\n'
+
+
+@pytest.mark.parametrize(
+    "before", [DEBIAN_CONFIG, None, OTHER_CONFIG], ids=["debian", "none", "other"]
+)
+def test_runtimes_script_sets_restrict_oom_score_adj_and_restores(
+    tmp_path: Path, before: str | None
+) -> None:
+    if shutil.which("containerd") is None:
+        pytest.skip("containerd is not installed: its `config dump` checks the result")
+    conf = tmp_path / "config.toml"
+    if before is not None:
+        conf.write_text(before)
+    check = 'echo "[$(cri_setting restrict_oom_score_adj)]"'
+    res = _script(conf, f"write_containerd_conf; write_containerd_conf; {check}")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[true]"
+    assert "already true" in res.stderr  # the second run changed nothing
+    assert conf.read_text().count("restrict_oom_score_adj") == 1
+    res = _script(conf, f"restore_containerd_conf; {check}")
+    assert res.returncode == 0, res.stderr
+    assert (conf.read_text() if conf.exists() else None) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["config.toml"] if before else [])

@@ -25,6 +25,11 @@ def rows() -> list[dict[str, object]]:
                 "owner": t.owner,
                 "toolbox": state.mounted_in(t.pid),
                 "target": t.ref,
+                "pod": t.pod,
+                "pod_uid": t.pod_uid,
+                "container": t.container,
+                "attempt": t.attempt,
+                "cri": t.cri,
             }
         )
     return out
@@ -41,7 +46,8 @@ def print_ps(as_json: bool) -> int:
     header = ("RUNTIME", "NAME", "ID", "IMAGE", "STATE", "PID", "TOOLBOX")
     table = [header]
     for r in found:
-        runtime = str(r["runtime"]) + (f" ({r['namespace']})" if r["namespace"] else "")
+        where = r["cri"] if r["runtime"] == "k8s" else r["namespace"]
+        runtime = str(r["runtime"]) + (f" ({where})" if where else "")
         runtime += f" (uid {r['owner']})" if r["owner"] else ""  # a rootless runtime's user
         toolbox = "mounted" if r["toolbox"] else "-"
         table.append((runtime, str(r["name"]), str(r["short_id"]), str(r["image"]) or "-",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from crashcart.errors import AmbiguousTarget, TargetError
 from crashcart.linux import procfs
-from crashcart.targets import containerd, crun, docker, lxc, machine, podman, procs, runc
+from crashcart.targets import containerd, crun, docker, k8s, lxc, machine, podman, procs, runc
 from crashcart.targets.model import (
     PRIORITY,
     RUNTIMES,
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 MODULES: dict[str, RuntimeModule] = {
     "docker": docker,
+    "k8s": k8s,
     "podman": podman,
     "containerd": containerd,
     "lxc": lxc,

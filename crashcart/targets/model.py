@@ -35,7 +35,9 @@ class NotRunning(TargetError):
     """The container exists but has no process to attach to (stopped, created, paused)."""
 
 
-RUNTIMES: tuple[str, ...] = ("docker", "podman", "containerd", "lxc", "machine", "crun", "runc")
+RUNTIMES: tuple[str, ...] = (
+    "docker", "k8s", "podman", "containerd", "lxc", "machine", "crun", "runc",
+)  # fmt: skip
 # When one process is known to several runtimes (Docker's containers are containerd tasks
 # too), the first in this order names it.
 PRIORITY: dict[str, int] = {name: i for i, name in enumerate((*RUNTIMES, "pid"))}
@@ -45,7 +47,8 @@ class Target:
     """A running container (or process) crashcart can attach to."""
 
     __slots__ = ("runtime", "id", "name", "pid", "image", "namespace", "exact", "state",
-                 "detail", "started", "owner")  # fmt: skip
+                 "detail", "started", "owner", "pod", "pod_uid", "container", "attempt",
+                 "cri")  # fmt: skip
 
     def __init__(
         self,
@@ -60,6 +63,12 @@ class Target:
         detail: str = "",  # for a container that is not running: "exit code 0, 5 s ago"
         started: int | None = None,  # starttime of `pid` (/proc/PID/stat field 22), if known
         owner: int = 0,  # the uid whose rootless runtime runs it (0: root's)
+        *,
+        pod: str | None = None,  # k8s: the pod's name, its UID, the container's name in it,
+        pod_uid: str | None = None,  # its restart attempt (None: unknown) and the CRI
+        container: str | None = None,  # runtime (containerd or cri-o)
+        attempt: int | None = None,
+        cri: str | None = None,
     ) -> None:
         self.runtime = runtime
         self.id = id
@@ -72,6 +81,11 @@ class Target:
         self.detail = detail
         self.started = started
         self.owner = owner
+        self.pod = pod
+        self.pod_uid = pod_uid
+        self.container = container
+        self.attempt = attempt
+        self.cri = cri
 
     def __repr__(self) -> str:
         return f"Target({self.ref}, name={self.name!r}, pid={self.pid}, exact={self.exact})"
@@ -85,6 +99,8 @@ class Target:
         """The unambiguous spelling of this target: runtime://[ns/]id."""
         if self.runtime == "pid":
             return f"pid://{self.pid}"
+        if self.pod is not None:
+            return f"k8s://{self.namespace}/{self.pod}/{self.container}"
         ns = f"{self.namespace}/" if self.namespace else ""
         return f"{self.runtime}://{ns}{self.id}"
 
@@ -145,6 +161,8 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
         query = text
     if runtime is not None and runtime not in (*RUNTIMES, "pid"):
         raise UsageError(f"unknown runtime {runtime!r}", hint=f"use one of: {', '.join(RUNTIMES)}")
+    if runtime == "k8s":
+        return _k8s_spec(text, query)
     namespace = None
     if "/" in query:
         if runtime not in (None, "containerd", "podman"):
@@ -172,6 +190,19 @@ _HEX = frozenset("0123456789abcdef")
 def is_hex_id(ident: str) -> bool:
     """A runtime-generated ID (Docker, Podman, CRI: 64 hex digits), which a prefix may name."""
     return len(ident) >= 12 and _HEX.issuperset(ident)
+
+
+def _k8s_spec(text: str, query: str) -> Spec:
+    """k8s://[NS/]POD[/CONTAINER]: the query is NS/POD[/CONTAINER], NS `default` if absent
+    (a two-part form is NAMESPACE/POD, as kubectl's NAMESPACE defaults and POD does not)."""
+    parts = query.split("/")
+    if not 1 <= len(parts) <= 3 or not all(parts):
+        raise UsageError(
+            f"invalid Kubernetes target {text!r}", hint="use k8s://[NAMESPACE/]POD[/CONTAINER]"
+        )
+    if len(parts) == 1:
+        parts.insert(0, "default")
+    return Spec(text, "k8s", "/".join(parts))
 
 
 def matches(query: str, ident: str, names: list[str]) -> tuple[bool, bool]:

@@ -13,6 +13,10 @@ import sys
 from crashcart import __version__
 from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from crashcart.targets.model import Target
+
 SUBCOMMANDS = ("ps", "image", "status", "cleanup")
 MODES = {"-m": "mount", "--mount": "mount", "-u": "unmount", "--unmount": "unmount"}
 MODES |= {"-e": "exec", "--exec": "exec"}
@@ -232,25 +236,33 @@ def run(args: Args) -> int:
         from crashcart.report import print_ps
 
         return print_ps(args.json)
+    if args.action == "session" and args.join_cgroup:
+        from crashcart.linux.cgroups import warm_up
+
+        warm_up()  # first: the grace period a cgroup join waits for passes while we work
+    if args.action == "status":
+        return _dispatch(args, None)
+    from crashcart import audit  # a start record before, an end record after (audit.py)
+
+    return audit.around(args, _dispatch)
+
+
+def _dispatch(args: Args, target: Target | None) -> int:
     if args.action in ("status", "cleanup", "mount", "unmount", "exec"):
         from crashcart.sideload.cli import run_sideload
 
         return run_sideload(args)
-    return run_session(args)
+    return run_session(args, target)
 
 
-def run_session(args: Args) -> int:
-    if args.join_cgroup:
-        from crashcart.linux.cgroups import warm_up
-
-        warm_up()  # first: the grace period a cgroup join waits for passes while we work
+def run_session(args: Args, target: Target | None = None) -> int:
     from crashcart import targets
     from crashcart.attach.host import run_session as attach
     from crashcart.attach.options import SessionOptions, default_image
 
     assert args.target is not None
-    spec = targets.parse_spec(args.target, args.runtime)
-    target = targets.resolve(spec)
+    if target is None:
+        target = targets.resolve(targets.parse_spec(args.target, args.runtime))
     opts = SessionOptions(
         command=args.command,
         image=args.image or default_image(),

@@ -1,0 +1,213 @@
+"""Operator experience on real containers: the audit trail after sessions, sideloads, kills
+and errors; session recording through a real pty; the zipapp. A docker busybox container
+and the fault suite's tiny toolbox (tests/fault/kit.py); every attach is leak-checked."""
+
+from __future__ import annotations
+
+import _socket
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import ccrun
+from tests.fault import kit
+from tests.testbed import leakcheck as lc
+from tests.testbed import runtimes
+from tests.testbed.require import missing
+from tests.testbed.runtimes import Container
+
+
+@pytest.fixture(scope="module")
+def tiny() -> str:
+    for tool in ("musl-gcc", "mkfs.erofs"):
+        if not Path(f"/usr/bin/{tool}").exists():
+            missing(f"{tool} is not installed (scripts/runtimes install provides it)")
+    return str(kit.tiny_toolbox("erofs"))
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Container]:
+    reason = runtimes.unavailable_reason("docker")
+    if reason is not None:
+        missing(f"docker: {reason}")
+    c = runtimes.start("docker", "busybox", name=runtimes.new_name("opsx"))
+    try:
+        yield c
+    finally:
+        runtimes.remove_by_name("docker", c.name)
+
+
+class Audit:
+    """crashcart runs with the audit log in a directory of the test's own."""
+
+    def __init__(self, tmp: Path, image: str) -> None:
+        self.dir = tmp / "audit"
+        self.config = tmp / "crashcart.conf"
+        self.config.write_text("# test config\n")
+        self.image = image
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = ccrun.env(self.image) | {"CRASHCART_AUDIT_DIR": str(self.dir),
+                                       "CRASHCART_CONFIG": str(self.config)}  # fmt: skip
+        return env | extra
+
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(ccrun.argv(*args), env=self.env(**extra), capture_output=True,
+                              stdin=subprocess.DEVNULL, timeout=60, cwd=ccrun.REPO)  # fmt: skip
+
+    def popen(self, *args: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(ccrun.argv(*args), env=self.env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                cwd=ccrun.REPO)  # fmt: skip
+
+    def records(self) -> list[dict[str, object]]:
+        log = self.dir / "audit.log"
+        if not log.exists():
+            return []
+        return [json.loads(line) for line in log.read_text().splitlines()]
+
+    def by_id(self) -> dict[str, list[dict[str, object]]]:
+        out: dict[str, list[dict[str, object]]] = {}
+        for r in self.records():
+            out.setdefault(str(r["id"]), []).append(r)
+        return out
+
+
+@pytest.fixture
+def audit(tmp_path: Path, tiny: str) -> Audit:
+    return Audit(tmp_path, tiny)
+
+
+def _sha256(path: str) -> str:
+    return "sha256:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_session_is_recorded_before_and_after(
+    audit: Audit, box: Container, leakcheck: lc.LeakCheckFn
+) -> None:
+    with leakcheck(box):
+        proc = audit.run(f"docker://{box.name}", "--", "sh", "-c", "exit 3",
+                         SUDO_USER="alice", SUDO_UID="1000")  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    (start, end), = audit.by_id().values()  # fmt: skip
+    assert (start["event"], end["event"]) == ("start", "end")
+    assert start["action"] == "session" and start["command"] == ["sh", "-c", "exit 3"]
+    t = start["target"]
+    assert isinstance(t, dict)
+    assert (t["runtime"], t["id"], t["name"], t["pid"]) == ("docker", box.id, box.name, box.pid)
+    assert "busybox" in str(t["image"])
+    op = start["operator"]
+    assert isinstance(op, dict) and op["sudo_user"] == "alice" and op["sudo_uid"] == 1000
+    assert op["uid"] == 0
+    assert end["status"] == 3 and end["error"] is None
+    assert isinstance(end["duration_s"], float) and 0 < end["duration_s"] < 30
+    toolbox = end["toolbox"]
+    assert isinstance(toolbox, dict) and toolbox["digest"] == _sha256(audit.image)
+    assert start["time"] < end["time"]
+    assert (audit.dir / "audit.log").stat().st_mode & 0o777 == 0o600
+    # The digest is cached: the next session's start record has it without hashing again.
+    with leakcheck(box):
+        assert audit.run(f"docker://{box.name}", "--", "true").returncode == 0
+    second = audit.records()[-2]
+    assert second["event"] == "start"
+    assert second["toolbox"] == {"path": audit.image, "digest": _sha256(audit.image)}
+
+
+def test_errors_are_recorded(audit: Audit, box: Container, leakcheck: lc.LeakCheckFn) -> None:
+    gone = audit.run("docker://cc-test-no-such-container", "--", "true")
+    assert gone.returncode == 125
+    with leakcheck(box):
+        missing_cmd = audit.run(f"docker://{box.name}", "--", "/no/such/program")
+    assert missing_cmd.returncode == 127
+    runs = list(audit.by_id().values())
+    assert [len(r) for r in runs] == [2, 2]
+    (s1, e1), (s2, e2) = runs
+    assert s1["target"] == {"spec": "docker://cc-test-no-such-container"}
+    assert e1["status"] == 125 and "no running container" in str(e1["error"])
+    assert e2["status"] == 127 and "/no/such/program" in str(e2["error"])
+
+
+def test_killed_and_signalled_sessions(
+    audit: Audit, box: Container, leakcheck: lc.LeakCheckFn
+) -> None:
+    with leakcheck(box):
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            proc = audit.popen(f"docker://{box.name}", "--", "sleep", "30")
+            kit.wait_for(lambda: len(audit.records()) == 1 and kit.supervisors(box),
+                         what="the session's start record and supervisor")  # fmt: skip
+            time.sleep(0.3)  # the command runs
+            os.kill(proc.pid, signum)
+            proc.communicate(timeout=30)
+            if signum == signal.SIGTERM:
+                assert proc.returncode == 128 + signal.SIGTERM
+                (start, end), = audit.by_id().values()  # fmt: skip
+                assert end["status"] == 128 + signal.SIGTERM
+                (audit.dir / "audit.log").unlink()
+    # SIGKILL: nothing can write the end; the start record says the session began.
+    (only,) = audit.records()
+    assert only["event"] == "start" and only["command"] == ["sleep", "30"]
+
+
+def test_sideload_is_recorded(audit: Audit, box: Container, leakcheck: lc.LeakCheckFn) -> None:
+    with leakcheck(box):
+        assert audit.run("-m", f"docker://{box.name}").returncode == 0
+        assert audit.run("-u", f"docker://{box.name}").returncode == 0
+        assert audit.run("-e", f"docker://{box.name}", "--", "true").returncode == 0
+    recs = audit.records()
+    starts = [r for r in recs if r["event"] == "start"]
+    ends = [r for r in recs if r["event"] == "end"]
+    assert [r["action"] for r in starts] == ["mount", "unmount", "exec"]
+    assert {r["mode"] for r in starts} == {"sideload"}
+    assert [r["status"] for r in ends] == [0, 0, 0]
+    assert [r["id"] for r in starts] == [r["id"] for r in ends]
+
+
+def test_unwritable_log_warns_or_refuses(
+    audit: Audit, box: Container, leakcheck: lc.LeakCheckFn, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    audit.dir = blocker / "audit"  # ENOTDIR: the log cannot be created
+    with leakcheck(box):
+        warned = audit.run(f"docker://{box.name}", "--", "true")
+    assert warned.returncode == 0
+    assert b"warning: cannot write the audit record" in warned.stderr
+    audit.config.write_text("audit_required = yes\n")
+    before = lc.snapshot(box)
+    refused = audit.run(f"docker://{box.name}", "--", "true")
+    assert refused.returncode == 125
+    err = refused.stderr.decode()
+    assert "refusing to run (audit_required)" in err and len(err.splitlines()) == 2, err
+    assert not lc.diff(before, lc.snapshot(box))
+    audit.config.write_text("audit_required = perhaps\n")
+    bad = audit.run(f"docker://{box.name}", "--", "true")
+    assert bad.returncode == 125 and b"expected yes or no" in bad.stderr
+
+
+def test_records_go_to_syslog(
+    audit: Audit, box: Container, leakcheck: lc.LeakCheckFn, tmp_path: Path
+) -> None:
+    path = str(tmp_path / "log")
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    audit.config.write_text(f"audit_syslog = {path}\n")
+    try:
+        with leakcheck(box):
+            assert audit.run(f"docker://{box.name}", "--", "true").returncode == 0
+        messages = [sock.recv(65536).decode() for _ in range(2)]
+    finally:
+        sock.close()
+    for msg, event in zip(messages, ("start", "end"), strict=True):
+        assert msg.startswith("<85>")  # authpriv.notice
+        head, _, body = msg.partition("]: ")
+        assert "crashcart[" in head
+        assert json.loads(body)["event"] == event
+    assert json.loads(messages[0].partition("]: ")[2]) == audit.records()[0]

@@ -289,8 +289,15 @@ def describe_target(spec: str | None, t: Target | None) -> dict[str, Any] | None
         return None
     out: dict[str, Any] = {"spec": spec}
     if t is not None:
-        out |= {"runtime": t.runtime, "id": t.id, "name": t.name, "image": t.image,
-                "pid": t.pid, "namespace": t.namespace, "ref": t.ref}  # fmt: skip
+        out |= {
+            "runtime": t.runtime,
+            "id": t.id,
+            "name": t.name,
+            "image": t.image,
+            "pid": t.pid,
+            "namespace": t.namespace,
+            "ref": t.ref,
+        }
     return out
 
 
@@ -313,26 +320,42 @@ class Run:
     def start(self, target: Target | None) -> None:
         a = self.args
         record: dict[str, Any] = {
-            "time": _now(), "event": "start", "id": self.id, "pid": self.pid,
-            "host": os.uname().nodename, "operator": operator(), "action": a.action,
+            "time": _now(),
+            "event": "start",
+            "id": self.id,
+            "pid": self.pid,
+            "host": os.uname().nodename,
+            "operator": operator(),
+            "action": a.action,
             "mode": "session" if a.action == "session" else "sideload",
             "target": describe_target(a.target, target),
             "toolbox": self._toolbox(compute=False),
-            "options": {"tty": a.tty, "caps": a.caps, "user": a.user, "workdir": a.workdir,
-                        "cgroup": a.join_cgroup, "force": a.force,
-                        "record": getattr(a, "record", None)},
-            "command": a.command, "argv": sys.argv,
-        }  # fmt: skip
+            "options": {
+                "tty": a.tty,
+                "caps": a.caps,
+                "user": a.user,
+                "workdir": a.workdir,
+                "cgroup": a.join_cgroup,
+                "force": a.force,
+                "record": getattr(a, "record", None),
+            },
+            "command": a.command,
+            "argv": sys.argv,
+        }
         self._write(record, before=True)
 
     def end(self, status: int, error: str | None) -> None:
         if os.getpid() != self.pid or self.refused:
             return  # a forked child unwinding (only crashcart ends the record), or no start
         record: dict[str, Any] = {
-            "time": _now(), "event": "end", "id": self.id, "pid": self.pid,
-            "status": status, "duration_s": round(time.monotonic() - self.started, 3),
+            "time": _now(),
+            "event": "end",
+            "id": self.id,
+            "pid": self.pid,
+            "status": status,
+            "duration_s": round(time.monotonic() - self.started, 3),
             "error": error,
-        }  # fmt: skip
+        }
         if self.image is not None:
             record["toolbox"] = self._toolbox(compute=True)
         self._write(record, before=False)

@@ -17,7 +17,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from crashcart.targets.model import Target
 
-SUBCOMMANDS = ("ps", "image", "status", "cleanup")
+SUBCOMMANDS = ("ps", "image", "status", "cleanup", "doctor", "completion", "man")
 MODES = {"-m": "mount", "--mount": "mount", "-u": "unmount", "--unmount": "unmount"}
 MODES |= {"-e": "exec", "--exec": "exec"}
 
@@ -29,6 +29,9 @@ usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
        crashcart image build|info ...  build or describe a toolbox image
+       crashcart doctor [--json]       what this host offers, what is missing, the fixes
+       crashcart completion [SHELL]    bash, zsh or fish completion (default: $SHELL's)
+       crashcart man                   the manual page
 
 Debug a running container that has no tools: the toolbox image becomes / of a session
 that joins the target's namespaces (pid, net, ipc, uts, cgroup, user), with the target's
@@ -39,6 +42,8 @@ containerd (NS/ID accepted) or runc; docker://, podman://, containerd://[NS/]ID,
 runc:// and pid:// force one runtime.
 
 options:
+  -m, --mount         mount the toolbox at /dev/crashcart in TARGET;  -u, --unmount: remove it
+  -e, --exec          mount it, run the runtime's own exec of COMMAND, unmount it
   --image PATH        toolbox image (default: $CRASHCART_IMAGE, else
                       /var/lib/crashcart/crashcart.img)
   --runtime NAME      only look in docker, podman, containerd, runc or pid
@@ -61,6 +66,9 @@ options:
   --allow-host        allow a PID that is not in any container
   --force             with -u: unmount even while sessions still use the toolbox
   -q, --quiet         no notes on stderr
+  --record FILE       record the session to FILE as asciicast v2 (asciinema play
+                      FILE): a pty session's output, with timings and resizes
+  --record-input      with --record: the keys typed too (passwords included)
   --debug             print what crashcart does, step by step
   --version           print the version
   -h, --help          this help
@@ -77,6 +85,7 @@ VALUED = {
     "--env": "env",
     "--user": "user",
     "--caps": "caps",
+    "--record": "record",
 }
 FLAGS = {
     "-t": ("tty", True),
@@ -91,6 +100,7 @@ FLAGS = {
     "--allow-host": ("allow_host", True),
     "--force": ("force", True),
     "--json": ("json", True),
+    "--record-input": ("record_input", True),
 }
 
 
@@ -116,6 +126,8 @@ class Args:
         self.allow_host = False
         self.force = False
         self.json = False
+        self.record: str | None = None
+        self.record_input = False
 
     def __repr__(self) -> str:
         return f"Args({vars(self)!r})"
@@ -195,7 +207,7 @@ def _set_valued(args: Args, attr: str, name: str, value: str) -> None:
 def _subcommand(args: Args, positional: list[str]) -> Args:
     args.action = positional[0]
     rest = positional[1:]
-    if args.action == "image":
+    if args.action in ("image", "completion"):
         args.rest = rest
         return args
     for arg in rest:
@@ -231,6 +243,8 @@ def run(args: Args) -> int:
         from crashcart.image.cli import main as image_main
 
         return image_main(args.rest)
+    if args.action in ("doctor", "completion", "man"):
+        return _operator_tool(args)
     require_root()
     if args.action == "ps":
         from crashcart.report import print_ps
@@ -245,6 +259,21 @@ def run(args: Args) -> int:
     from crashcart import audit  # a start record before, an end record after (audit.py)
 
     return audit.around(args, _dispatch)
+
+
+def _operator_tool(args: Args) -> int:
+    if args.action == "doctor":
+        from crashcart.attach.options import default_image
+        from crashcart.doctor import main as doctor
+
+        return doctor(args.json, args.image or default_image())
+    if args.action == "completion":
+        from crashcart.completion import main as completion
+
+        return completion(args.rest)
+    from crashcart.manpage import main as manpage
+
+    return manpage()
 
 
 def _dispatch(args: Args, target: Target | None) -> int:

@@ -54,18 +54,31 @@ class Audit:
         self.image = image
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = ccrun.env(self.image) | {"CRASHCART_AUDIT_DIR": str(self.dir),
-                                       "CRASHCART_CONFIG": str(self.config)}  # fmt: skip
+        env = ccrun.env(self.image) | {
+            "CRASHCART_AUDIT_DIR": str(self.dir),
+            "CRASHCART_CONFIG": str(self.config),
+        }
         return env | extra
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run(ccrun.argv(*args), env=self.env(**extra), capture_output=True,
-                              stdin=subprocess.DEVNULL, timeout=60, cwd=ccrun.REPO)  # fmt: skip
+        return subprocess.run(
+            ccrun.argv(*args),
+            env=self.env(**extra),
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=60,
+            cwd=ccrun.REPO,
+        )
 
     def popen(self, *args: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(ccrun.argv(*args), env=self.env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                cwd=ccrun.REPO)  # fmt: skip
+        return subprocess.Popen(
+            ccrun.argv(*args),
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=ccrun.REPO,
+        )
 
     def records(self) -> list[dict[str, object]]:
         log = self.dir / "audit.log"
@@ -93,10 +106,11 @@ def test_session_is_recorded_before_and_after(
     audit: Audit, box: Container, leakcheck: lc.LeakCheckFn
 ) -> None:
     with leakcheck(box):
-        proc = audit.run(f"docker://{box.name}", "--", "sh", "-c", "exit 3",
-                         SUDO_USER="alice", SUDO_UID="1000")  # fmt: skip
+        proc = audit.run(
+            f"docker://{box.name}", "--", "sh", "-c", "exit 3", SUDO_USER="alice", SUDO_UID="1000"
+        )
     assert proc.returncode == 3, proc.stderr
-    (start, end), = audit.by_id().values()  # fmt: skip
+    ((start, end),) = audit.by_id().values()
     assert (start["event"], end["event"]) == ("start", "end")
     assert start["action"] == "session" and start["command"] == ["sh", "-c", "exit 3"]
     t = start["target"]
@@ -140,14 +154,16 @@ def test_killed_and_signalled_sessions(
     with leakcheck(box):
         for signum in (signal.SIGTERM, signal.SIGKILL):
             proc = audit.popen(f"docker://{box.name}", "--", "sleep", "30")
-            kit.wait_for(lambda: len(audit.records()) == 1 and kit.supervisors(box),
-                         what="the session's start record and supervisor")  # fmt: skip
+            kit.wait_for(
+                lambda: len(audit.records()) == 1 and kit.supervisors(box),
+                what="the session's start record and supervisor",
+            )
             time.sleep(0.3)  # the command runs
             os.kill(proc.pid, signum)
             proc.communicate(timeout=30)
             if signum == signal.SIGTERM:
                 assert proc.returncode == 128 + signal.SIGTERM
-                (start, end), = audit.by_id().values()  # fmt: skip
+                ((start, end),) = audit.by_id().values()
                 assert end["status"] == 128 + signal.SIGTERM
                 (audit.dir / "audit.log").unlink()
     # SIGKILL: nothing can write the end; the start record says the session began.
@@ -211,3 +227,130 @@ def test_records_go_to_syslog(
         assert "crashcart[" in head
         assert json.loads(body)["event"] == event
     assert json.loads(messages[0].partition("]: ")[2]) == audit.records()[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# crashcart doctor
+
+
+def _doctor(audit: Audit, *args: str, image: str | None = None) -> tuple[int, dict[str, dict]]:
+    proc = subprocess.run(
+        ccrun.argv(*(("--image", image) if image else ()), "doctor", "--json", *args),
+        env=audit.env(),
+        capture_output=True,
+        timeout=60,
+        cwd=ccrun.REPO,
+    )
+    assert not proc.stderr, proc.stderr
+    report = json.loads(proc.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["ok"] == (proc.returncode == 0)
+    return proc.returncode, checks
+
+
+def test_doctor_on_this_host(audit: Audit, tiny: str) -> None:
+    code, checks = _doctor(audit, image=tiny)
+    for name in (
+        "root",
+        "mount API",
+        "pidfd",
+        "openat2",
+        "cgroups",
+        "docker",
+        "toolbox image",
+        "toolbox mount",
+        "audit log",
+    ):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert checks["toolbox mount"]["detail"].startswith("erofs mounts here")
+    assert "Docker 20" in checks["docker"]["detail"] or "Docker" in checks["docker"]["detail"]
+    assert checks["toolbox digest"]["detail"].startswith(_sha256(tiny))
+    assert checks["toolbox manifest"]["status"] == "warn"  # the tiny toolbox has none
+    assert code == 0
+    text = subprocess.run(
+        ccrun.argv("--image", tiny, "doctor"),
+        env=audit.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ccrun.REPO,
+    )
+    lines = text.stdout.splitlines()
+    assert lines[-1] == "everything crashcart needs is here" and text.returncode == 0
+    assert all(line[0] in "✓✗! " for line in lines[:-1]), lines
+
+
+def test_doctor_names_what_is_missing_and_the_fix(audit: Audit, tmp_path: Path) -> None:
+    code, checks = _doctor(audit, image=str(tmp_path / "none.img"))
+    assert code == 1 and checks["toolbox image"]["status"] == "fail"
+    assert "crashcart image build" in checks["toolbox image"]["fix"]
+    writable = tmp_path / "writable.img"
+    writable.write_bytes(b"\0" * 4096)
+    writable.chmod(0o666)
+    code, checks = _doctor(audit, image=str(writable))
+    assert code == 1 and "chmod go-w" in checks["toolbox image"]["fix"]
+    writable.chmod(0o644)
+    code, checks = _doctor(audit, image=str(writable))
+    assert code == 1 and checks["toolbox mount"]["status"] == "fail"
+    assert "not a toolbox image" in checks["toolbox mount"]["detail"]
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    audit.dir = blocker / "audit"
+    audit.config.write_text("audit_required = yes\n")
+    code, checks = _doctor(audit, image=str(writable))
+    assert checks["audit log"]["status"] == "fail" and "refused" in checks["audit log"]["detail"]
+
+
+def test_doctor_as_a_user(tiny: str) -> None:
+    proc = subprocess.run(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            *ccrun.argv("--image", tiny, "doctor"),
+        ],
+        env=ccrun.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    assert proc.returncode == 1 and not proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[1].startswith("✗ root")
+    assert "fix: run it with sudo" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Completion of target names
+
+
+def test_completion_lists_the_running_containers(box: Container, tmp_path: Path) -> None:
+    proc = ccrun.run("completion", "--targets")
+    assert proc.returncode == 0 and not proc.stderr
+    words = ccrun.text(proc).split()
+    assert box.name in words and f"docker://{box.name}" in words
+    as_user = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                              *ccrun.argv("completion", "--targets")], capture_output=True,
+                             env=ccrun.env(), cwd="/")  # fmt: skip
+    assert as_user.returncode == 0 and as_user.stdout == b"" and as_user.stderr == b""
+    # bash, on TAB after a runtime prefix: readline replaces what follows the last ':'.
+    script = tmp_path / "crashcart.bash"
+    script.write_text(ccrun.text(ccrun.run("completion", "bash")))
+    wrapper = tmp_path / "crashcart"
+    wrapper.write_text(
+        f'#!/bin/sh\nPYTHONPATH={ccrun.REPO} exec {os.sys.executable} -m crashcart "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    line = f"crashcart docker://{box.name[:-2]}"
+    code = (
+        f'source {script}; COMP_LINE="$1"; COMP_POINT=${{#1}}; _crashcart; '
+        'printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    bash = subprocess.run(
+        ["bash", "-c", code, "bash", line],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"),
+    )
+    assert bash.stdout.split() == [f"//{box.name}"], bash.stderr

@@ -54,8 +54,10 @@ def _cfg(tmp_path: Path, text: str = "", **env: str) -> audit.Config:
 
 
 def test_config_file_and_environment(tmp_path: Path) -> None:
-    text = ("# site policy\naudit_dir = /srv/audit\naudit_required = yes  # refuse\n"
-            "audit_max_bytes = 4096\naudit_keep = 2\naudit_syslog = off\nother = 1\n")  # fmt: skip
+    text = (
+        "# site policy\naudit_dir = /srv/audit\naudit_required = yes  # refuse\n"
+        "audit_max_bytes = 4096\naudit_keep = 2\naudit_syslog = off\nother = 1\n"
+    )
     cfg = _cfg(tmp_path, text)
     assert (cfg.dir, cfg.required, cfg.max_bytes, cfg.keep, cfg.syslog) == (
         "/srv/audit",
@@ -67,15 +69,21 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, text, CRASHCART_AUDIT_DIR="/x", CRASHCART_AUDIT_REQUIRED="no")
     assert (cfg.dir, cfg.required) == ("/x", False)
     default = _cfg(tmp_path, "")
-    assert (default.dir, default.required, default.syslog) == ("/var/log/crashcart", False,
-                                                               "/dev/log")  # fmt: skip
+    assert (default.dir, default.required, default.syslog) == (
+        "/var/log/crashcart",
+        False,
+        "/dev/log",
+    )
 
 
-@pytest.mark.parametrize("text,message", [
-    ("audit_required = maybe\n", ":1: expected yes or no"),
-    ("\naudit_keep = 0\n", ":2: expected a positive number"),
-    ("audit_dir\n", "expected `key = value`"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("audit_required = maybe\n", ":1: expected yes or no"),
+        ("\naudit_keep = 0\n", ":2: expected a positive number"),
+        ("audit_dir\n", "expected `key = value`"),
+    ],
+)
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         _cfg(tmp_path, text)

@@ -354,3 +354,91 @@ def test_completion_lists_the_running_containers(box: Container, tmp_path: Path)
         env=dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}"),
     )
     assert bash.stdout.split() == [f"//{box.name}"], bash.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The zipapp: one file, the system's Python, no site-packages
+
+
+@pytest.fixture(scope="module")
+def pyz(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pyz") / "crashcart.pyz"
+    subprocess.run(
+        ["/usr/bin/python3", str(ccrun.REPO / "scripts" / "build-pyz"), "-o", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return out
+
+
+def _bare(pyz: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+    """/usr/bin/python3 -I -S: no site-packages, no PYTHONPATH, not the worktree: only the
+    standard library and what the file holds."""
+    return subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", str(pyz), *args],
+        env=env,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        cwd="/",
+    )
+
+
+def test_pyz_runs_a_session_from_one_file(
+    pyz: Path, audit: Audit, box: Container, leakcheck: lc.LeakCheckFn
+) -> None:
+    env = {
+        "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "CRASHCART_IMAGE": audit.image,
+        "CRASHCART_AUDIT_DIR": str(audit.dir),
+        "CRASHCART_CONFIG": str(audit.config),
+    }
+    assert _bare(pyz, "--version", env=env).stdout.startswith(b"crashcart ")
+    with leakcheck(box):
+        proc = _bare(
+            pyz,
+            f"docker://{box.name}",
+            "--",
+            "sh",
+            "-c",
+            "cat /target/etc/hostname; exit 7",
+            env=env,
+        )
+        mounted = _bare(pyz, "-m", f"docker://{box.name}", env=env)
+        unmounted = _bare(pyz, "-u", f"docker://{box.name}", env=env)
+    assert proc.returncode == 7, proc.stderr
+    assert proc.stdout == Path(f"/proc/{box.pid}/root/etc/hostname").read_bytes()
+    assert mounted.returncode == 0 and unmounted.returncode == 0, mounted.stderr + unmounted.stderr
+    assert [r["action"] for r in audit.records() if r["event"] == "start"] == [
+        "session",
+        "mount",
+        "unmount",
+    ]
+    doctor = _bare(pyz, "doctor", "--json", env=env)
+    assert json.loads(doctor.stdout)["ok"], doctor.stdout
+    # The builder's data travels inside the file (importlib.resources reads the zip).
+    build_help = _bare(pyz, "image", "build", "--help", env=env)
+    assert build_help.returncode == 0 and b"recipes:" in build_help.stdout
+
+
+def test_pyz_carries_bytecode_and_sources(pyz: Path) -> None:
+    probe = (
+        "import sys, zipimport; z = zipimport.zipimporter(sys.argv[1] + '/crashcart/'); "
+        "print(z.get_code('cli').co_filename)"
+    )
+    out = subprocess.run(
+        ["/usr/bin/python3", "-I", "-S", "-c", probe, str(pyz)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    assert out == "crashcart/cli.py"  # from the .pyc written by build-pyz, not compiled now
+    import zipfile
+
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "crashcart/attach/host.py" in names and "crashcart/attach/host.pyc" in names
+    assert "crashcart/image/data/recipes/minimal.recipe" in names
+    assert not [n for n in names if "__pycache__" in n]
+    assert pyz.read_bytes().startswith(b"#!/usr/bin/env python3\n")
+    assert pyz.stat().st_mode & 0o111

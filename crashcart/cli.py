@@ -287,6 +287,7 @@ def _dispatch(args: Args, target: Target | None) -> int:
 def run_session(args: Args, target: Target | None = None) -> int:
     from crashcart import targets
     from crashcart.attach.host import run_session as attach
+    from crashcart.attach.host import wants_tty
     from crashcart.attach.options import SessionOptions, default_image
 
     assert args.target is not None
@@ -305,7 +306,17 @@ def run_session(args: Args, target: Target | None = None) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
-    return attach(target, args.target, opts)
+    if args.record is None:
+        return attach(target, args.target, opts)
+    if not wants_tty(opts):
+        raise UsageError("--record records a pty session", hint="run it in a terminal, or add -t")
+    from crashcart.attach import record
+
+    record.start(args.record, args.record_input, f"crashcart {target.describe()}")
+    try:
+        return attach(target, args.target, opts)
+    finally:
+        record.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import sys
 import time
 
 from crashcart import faults
-from crashcart.attach import child, plan, relay
+from crashcart.attach import child, plan, record, relay
 from crashcart.attach.options import SessionOptions
 from crashcart.errors import (
     EXIT_CANNOT_EXECUTE,
@@ -156,9 +156,15 @@ def _supervise(prep: plan.Prepared, pid: int, pidfd: int, pipes: relay.Pipes) ->
         master, error, started = _read_messages(prep.host_sock, pid)
         if master is not None:
             mode = terminal.make_raw(0) if os.isatty(0) else None
-            sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
+
+            def winch(signum: int, frame: object) -> None:
+                terminal.copy_winsize(0, master)
+                record.resized(0)
+
+            sig.handle(sig.SIGWINCH, winch)
             terminal.copy_winsize(0, master)
-            relay.pump([(0, master)], [(master, 1)], pidfd)
+            tap = record.active.tap if record.active else None
+            relay.pump([(0, master)], [(master, 1)], pidfd, tap=tap)
         elif pipes.active():
             relay.pump(pipes.inputs(), pipes.outputs(), pidfd, pipes.close_host_end)
         _, status = os.waitpid(pid, 0)

@@ -81,13 +81,15 @@ def pump(
     outputs: list[tuple[int, int]],
     pidfd: int,
     close: Callable[[int], None] = os.close,
+    tap: Callable[[str, bytes], None] | None = None,
 ) -> None:
     """Copy src->dst pairs until the child (pidfd) exits, then drain the output side.
 
     `inputs` carry the host's stdin into the session (a pipe's write end is closed on EOF
     so the command sees it); `outputs` carry the session's output to the host. Output fds
     are non-blocking, so after the child exits a background process still holding them
-    cannot keep crashcart waiting.
+    cannot keep crashcart waiting. `tap` (the session recorder) sees each chunk moved, as
+    ("i", bytes) for input and ("o", bytes) for output.
     """
     routes = dict(inputs + outputs)
     outs = {src for src, _ in outputs}
@@ -102,18 +104,18 @@ def pump(
         for fd, _ in poller.poll():
             if fd == pidfd:
                 exited = True
-            elif _move(fd, routes[fd]) < 0:
+            elif _move(fd, routes[fd], tap, "o" if fd in outs else "i") < 0:
                 poller.unregister(fd)
                 if fd in outs:
                     outs.discard(fd)
                 elif routes[fd] not in routes:  # a pipe to the command, not the pty master
                     close(routes[fd])
     for src in outs:
-        while _move(src, routes[src]) > 0:
+        while _move(src, routes[src], tap, "o") > 0:
             pass
 
 
-def _move(src: int, dst: int) -> int:
+def _move(src: int, dst: int, tap: Callable[[str, bytes], None] | None, kind: str) -> int:
     """One read and write: bytes moved, 0 if nothing was ready, -1 at EOF (or EIO: a pty
     whose last slave closed; or the destination is gone)."""
     try:
@@ -126,6 +128,8 @@ def _move(src: int, dst: int) -> int:
         raise
     if not data:
         return -1
+    if tap is not None:
+        tap(kind, data)
     try:
         write_all(dst, data)
     except BrokenPipeError:

@@ -102,9 +102,34 @@ def _build(args: argparse.Namespace) -> int:
         f"{result.output}: {result.size / 2**20:.1f} MiB, {result.manifest['format']}, "
         f"{len(result.manifest['packages'])} packages, {len(result.manifest['tools'])} tools"
     )
-    for problem in reloc.get("not_relocated", []):
-        print(f"  not relocated: {problem}")
+    for line in problem_lines(reloc.get("not_relocated", [])):
+        print(f"  not relocated: {line}")
     return 0
+
+
+def problem_lines(problems: list[str]) -> list[str]:
+    """One line per thing to fix: programs that lack the same interpreter are one line
+    (a missing bash is one problem, not eleven)."""
+    marker = ": interpreter "
+    by_interp: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for problem in problems:
+        path, found, rest = problem.partition(marker)
+        if found and rest.endswith(" is not in the image"):
+            interp = rest.removesuffix(" is not in the image")
+            if interp not in by_interp:
+                lines.append(interp)  # a placeholder, keeps the order of first sight
+            by_interp.setdefault(interp, []).append(path)
+        else:
+            lines.append(problem)
+    return [_interp_line(line, by_interp[line]) if line in by_interp else line for line in lines]
+
+
+def _interp_line(interp: str, paths: list[str]) -> str:
+    if len(paths) == 1:
+        return f"{paths[0]}: interpreter {interp} is not in the image"
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{len(paths)} programs need {interp}, which is not in the image: {shown}"
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -192,3 +192,22 @@ def test_zsh(scripts: Path, tmp_path: Path) -> None:
 def test_fish_option_equals_value(scripts: Path) -> None:
     assert fish_complete(scripts, "crashcart --caps=r") == ["--caps=restricted"]
     assert fish_complete(scripts, "crashcart --runtime=do") == ["--runtime=docker"]
+
+
+def test_completion_verb(tmp_path: Path) -> None:
+    def run(*args: str, shell: str = "/bin/bash") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ccrun.argv("completion", *args),
+            capture_output=True,
+            text=True,
+            env=dict(ccrun.env(), SHELL=shell),
+            timeout=30,
+        )
+
+    assert run().stdout == completion.script("bash")  # $SHELL's when none is named
+    assert run(shell="/usr/bin/zsh").stdout.startswith("#compdef crashcart")
+    assert run("fish").stdout == completion.script("fish")
+    for args, shell in ((("tcsh",), "/bin/bash"), ((), "/bin/tcsh"), (("bash", "x"), "")):
+        bad = run(*args, shell=shell)
+        assert bad.returncode == 125 and bad.stdout == "", bad
+        assert bad.stderr.startswith("crashcart: ") and "Traceback" not in bad.stderr

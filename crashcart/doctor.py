@@ -318,8 +318,13 @@ def check_image(path: str) -> list[Check]:
                 f"chown root {path} && chmod go-w {path}",
             )
         ]
+    mode = f"owner root, mode {stat.S_IMODE(st.st_mode):04o}"
     out = [
-        Check("toolbox image", OK, f"{path}, {st.st_size / 2**20:.1f} MiB, only root may change it")
+        Check(
+            "toolbox image",
+            OK,
+            f"{path}, {st.st_size / 2**20:.1f} MiB, {mode}: only root may change it",
+        )
     ]
     out.append(_mountable(path))
     out += _manifest(path)

@@ -234,6 +234,7 @@ def _write_cache(cache: str, entries: dict[str, tuple[str, str]]) -> None:
     keep = list(entries.items())[-16:]
     tmp = f"{cache}.{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(cache), 0o700, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as f:
             f.writelines(f"{k} {d} {p}\n" for k, (d, p) in keep)
         os.replace(tmp, cache)

@@ -97,6 +97,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.no_cache:
         opts.cache_dir = None
     result = build(opts, Progress())
+    _cache_digest(result.output)
     reloc = result.manifest["relocation"]
     print(
         f"{result.output}: {result.size / 2**20:.1f} MiB, {result.manifest['format']}, "
@@ -105,6 +106,16 @@ def _build(args: argparse.Namespace) -> int:
     for line in problem_lines(reloc.get("not_relocated", [])):
         print(f"  not relocated: {line}")
     return 0
+
+
+def _cache_digest(image: str) -> None:
+    """Hash the new image now, for the audit log, so the first session does not."""
+    from crashcart import audit
+
+    try:
+        audit.toolbox_digest(audit.load_config(), image, compute=True)
+    except CrashcartError:
+        pass  # a broken crashcart.conf: the session will say so
 
 
 def problem_lines(problems: list[str]) -> list[str]:

@@ -67,7 +67,7 @@ def test_build_output_is_one_line_per_thing_to_fix(tmp_path: Path) -> None:
         ),
         capture_output=True,
         text=True,
-        env=ccrun.env(),
+        env=ccrun.env() | {"CRASHCART_AUDIT_DIR": str(tmp_path / "audit")},
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
@@ -85,3 +85,8 @@ def test_build_output_is_one_line_per_thing_to_fix(tmp_path: Path) -> None:
         == "  not relocated: /bin/needs-perl: interpreter /usr/bin/perl is not in the image"
     )
     assert "cgi.py" not in proc.stdout + proc.stderr
+    # The build hashes the new image for the audit log, so the first session does not.
+    import hashlib
+
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert f" sha256:{digest} {out}\n" in (tmp_path / "audit" / "toolbox-digests").read_text()

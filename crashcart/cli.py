@@ -42,7 +42,7 @@ containerd (NS/ID accepted) or runc; docker://, podman://, containerd://[NS/]ID,
 runc:// and pid:// force one runtime.
 
 options:
-  -m, --mount         mount the toolbox at /dev/crashcart in TARGET;  -u, --unmount: remove it
+  -m, --mount         mount the toolbox at /dev/crashcart;  -u, --unmount: remove it
   -e, --exec          mount it, run the runtime's own exec of COMMAND, unmount it
   --image PATH        toolbox image (default: $CRASHCART_IMAGE, else
                       /var/lib/crashcart/crashcart.img)

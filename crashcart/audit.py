@@ -190,6 +190,40 @@ def send_syslog(cfg: Config, record: dict[str, Any]) -> None:
         s.close()
 
 
+def unfinished(cfg: Config, tail: int = 1 << 20) -> list[dict[str, Any]]:
+    """Start records (in the last `tail` bytes of the current log) without an end record
+    whose crashcart is gone: runs that were killed, which may have left a toolbox mounted."""
+    from crashcart import fastjson
+
+    try:
+        with open(cfg.log, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - tail))
+            lines = f.read().splitlines()[1 if tail and f.tell() > tail else 0 :]
+    except OSError:
+        return []
+    starts: dict[str, dict[str, Any]] = {}
+    for line in lines:
+        try:
+            rec = fastjson.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == "start":
+            starts[str(rec.get("id"))] = rec
+        elif isinstance(rec, dict) and rec.get("event") == "end":
+            starts.pop(str(rec.get("id")), None)
+    return [r for r in starts.values() if not _alive(r.get("pid"))]
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"crashcart" in f.read()
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------------------------------------
 # The toolbox's digest, cached
 

@@ -419,6 +419,14 @@ def check_audit(image: str) -> list[Check]:
             f"{cfg.log} writable (rotated at {cfg.max_bytes >> 20} MiB, {cfg.keep} kept; {policy})",
         )
     ]
+    killed = audit.unfinished(cfg)
+    if killed:
+        last = killed[-1]
+        target = (last.get("target") or {}).get("spec", "-")
+        out.append(Check("unfinished runs", WARN, f"{len(killed)} crashcart run(s) were killed "
+                         f"before their end record (last: {last.get('time')} {last.get('action')} "
+                         f"{target}): they may have left a toolbox mounted",
+                         "crashcart status (and crashcart cleanup)"))  # fmt: skip
     if cfg.syslog and os.path.exists(cfg.syslog):
         out.append(Check("syslog", OK, f"records are copied to {cfg.syslog} (authpriv)"))
     else:

@@ -176,6 +176,11 @@ def test_killed_and_signalled_sessions(
     # SIGKILL: nothing can write the end; the start record says the session began.
     (only,) = audit.records()
     assert only["event"] == "start" and only["command"] == ["sleep", "30"]
+    # ... and doctor points at it.
+    _, checks = _doctor(audit, image=audit.image)
+    killed = checks["unfinished runs"]
+    assert killed["status"] == "warn" and "1 crashcart run(s) were killed" in killed["detail"]
+    assert f"docker://{box.name}" in killed["detail"] and "crashcart status" in killed["fix"]
 
 
 def test_sideload_is_recorded(audit: Audit, box: Container, leakcheck: lc.LeakCheckFn) -> None:

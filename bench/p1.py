@@ -76,6 +76,21 @@ def build_cases(
         crashcart(c, f"crashcart/{rt}", f"crashcart {rt} (distroless)")
     if "docker" in busybox:
         crashcart(busybox["docker"], "crashcart/docker-busybox", "crashcart docker (busybox)")
+    if "docker" in distroless:  # the one-file install, same interpreter (bench/pyz.py)
+        from bench.pyz import build_pyz
+
+        pyz = [str(build_pyz()), distroless["docker"].name, "--", "true"]
+        cases.append(
+            Case(
+                "crashcart/docker-pyz",
+                "crashcart.pyz docker (distroless)",
+                "crashcart",
+                distroless["docker"],
+                lambda i, a=pyz: list(a),
+                env,
+                "scripts/build-pyz",
+            )
+        )
     if nopyc_env is not None and "docker" in distroless:
         crashcart(
             distroless["docker"],
@@ -188,6 +203,7 @@ PAIRS = (
     ("crashcart/runc", "runc-exec"),
     ("crashcart/docker", "nsenter"),
     ("crashcart/docker", "crashcart/docker-nopyc"),
+    ("crashcart/docker-pyz", "crashcart/docker"),
     ("crashcart/docker-nocgroup", "crashcart/docker"),
 )
 

@@ -13,7 +13,11 @@ import sys
 from crashcart import __version__
 from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
 
-SUBCOMMANDS = ("ps", "image", "status", "cleanup")
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from crashcart.targets.model import Target
+
+SUBCOMMANDS = ("ps", "image", "status", "cleanup", "doctor", "completion", "man")
 MODES = {"-m": "mount", "--mount": "mount", "-u": "unmount", "--unmount": "unmount"}
 MODES |= {"-e": "exec", "--exec": "exec"}
 
@@ -25,19 +29,26 @@ usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
        crashcart image build|info ...  build or describe a toolbox image
+       crashcart doctor [--json]       what this host offers, what is missing, the fixes
+       crashcart completion [SHELL]    bash, zsh or fish completion (default: $SHELL's)
+       crashcart man                   the manual page
 
 Debug a running container that has no tools: the toolbox image becomes / of a session
 that joins the target's namespaces (pid, net, ipc, uts, cgroup, user), with the target's
 root filesystem at /target. With no COMMAND: an interactive shell.
 
-TARGET: a host PID, a container name, full ID or unique ID prefix in Docker, Podman,
-containerd (NS/ID accepted) or runc; docker://, podman://, containerd://[NS/]ID,
-runc:// and pid:// force one runtime.
+TARGET: a host PID, a container's name or full ID, or a unique prefix of a hex ID, in
+Docker, Kubernetes (containerd's CRI), Podman, containerd, LXC, systemd-nspawn, crun or
+runc; docker://, k8s://[NS/]POD[/CONTAINER], podman://[POD/]NAME, containerd://[NS/]ID,
+lxc://, machine://, crun://, runc:// and pid:// force one runtime.
 
 options:
+  -m, --mount         mount the toolbox at /dev/crashcart;  -u, --unmount: remove it
+  -e, --exec          mount it, run the runtime's own exec of COMMAND, unmount it
   --image PATH        toolbox image (default: $CRASHCART_IMAGE, else
                       /var/lib/crashcart/crashcart.img)
-  --runtime NAME      only look in docker, podman, containerd, runc or pid
+  --runtime NAME      only look in docker, k8s, podman, containerd, lxc, machine, crun,
+                      runc or pid
   -w, --workdir DIR   working directory in the session (default: /target plus the
                       target's own working directory)
   --env K=V           set an environment variable (repeatable)
@@ -57,9 +68,16 @@ options:
   --allow-host        allow a PID that is not in any container
   --force             with -u: unmount even while sessions still use the toolbox
   -q, --quiet         no notes on stderr
+  --record FILE       record the session to FILE as asciicast v2 (asciinema play
+                      FILE): a pty session's output, with timings and resizes
+  --record-input      with --record: the keys typed too (passwords included)
   --debug             print what crashcart does, step by step
   --version           print the version
   -h, --help          this help
+
+In a session with a terminal, ~. at the start of a line ends it from the operator's side
+(whatever the container does), ~~ sends a ~, ~? lists the escapes. Setting up a session
+may take at most $CRASHCART_SETUP_TIMEOUT seconds (default 30).
 
 Exit status: the command's status (128+N when killed by signal N); 125 when crashcart
 itself fails, 126 when the command cannot be executed, 127 when it is not found."""
@@ -73,6 +91,7 @@ VALUED = {
     "--env": "env",
     "--user": "user",
     "--caps": "caps",
+    "--record": "record",
 }
 FLAGS = {
     "-t": ("tty", True),
@@ -87,6 +106,7 @@ FLAGS = {
     "--allow-host": ("allow_host", True),
     "--force": ("force", True),
     "--json": ("json", True),
+    "--record-input": ("record_input", True),
 }
 
 
@@ -112,6 +132,8 @@ class Args:
         self.allow_host = False
         self.force = False
         self.json = False
+        self.record: str | None = None
+        self.record_input = False
 
     def __repr__(self) -> str:
         return f"Args({vars(self)!r})"
@@ -215,9 +237,9 @@ def _set_valued(args: Args, attr: str, name: str, value: str) -> None:
 def _subcommand(args: Args, positional: list[str]) -> Args:
     args.action = positional[0]
     rest = positional[1:]
-    if args.action == "image":
+    if args.action in ("image", "completion"):
         if rest[:1] == ["--"]:
-            _reserved("image")
+            _reserved(args.action)
         args.rest = rest
         return args
     rest = list(rest)
@@ -262,30 +284,56 @@ def run(args: Args) -> int:
         from crashcart.image.cli import main as image_main
 
         return image_main(args.rest)
+    if args.action in ("doctor", "completion", "man"):
+        return _operator_tool(args)
     require_root()
     if args.action == "ps":
         from crashcart.report import print_ps
 
         return print_ps(args.json)
+    if args.action == "session" and args.join_cgroup:
+        from crashcart.linux.cgroups import warm_up
+
+        warm_up()  # first: the grace period a cgroup join waits for passes while we work
+    if args.action == "status":
+        return _dispatch(args, None)
+    from crashcart import audit  # a start record before, an end record after (audit.py)
+
+    return audit.around(args, _dispatch)
+
+
+def _operator_tool(args: Args) -> int:
+    if args.action == "doctor":
+        from crashcart.attach.options import default_image
+        from crashcart.doctor import main as doctor
+
+        return doctor(args.json, args.image or default_image())
+    if args.action == "completion":
+        from crashcart.completion import main as completion
+
+        return completion(args.rest)
+    from crashcart.manpage import main as manpage
+
+    return manpage()
+
+
+def _dispatch(args: Args, target: Target | None) -> int:
     if args.action in ("status", "cleanup", "mount", "unmount", "exec"):
         from crashcart.sideload.cli import run_sideload
 
         return run_sideload(args)
-    return run_session(args)
+    return run_session(args, target)
 
 
-def run_session(args: Args) -> int:
-    if args.join_cgroup:
-        from crashcart.linux.cgroups import warm_up
-
-        warm_up()  # first: the grace period a cgroup join waits for passes while we work
+def run_session(args: Args, target: Target | None = None) -> int:
     from crashcart import targets
     from crashcart.attach.host import run_session as attach
+    from crashcart.attach.host import wants_tty
     from crashcart.attach.options import SessionOptions, default_image
 
     assert args.target is not None
-    spec = targets.parse_spec(args.target, args.runtime)
-    target = targets.resolve(spec)
+    if target is None:
+        target = targets.resolve(targets.parse_spec(args.target, args.runtime))
     opts = SessionOptions(
         command=args.command,
         image=args.image or default_image(),
@@ -299,7 +347,17 @@ def run_session(args: Args) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
-    return attach(target, args.target, opts)
+    if args.record is None:
+        return attach(target, args.target, opts)
+    if not wants_tty(opts):
+        raise UsageError("--record records a pty session", hint="run it in a terminal, or add -t")
+    from crashcart.attach import record
+
+    record.start(args.record, args.record_input, f"crashcart {target.describe()}")
+    try:
+        return attach(target, args.target, opts)
+    finally:
+        record.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

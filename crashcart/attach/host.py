@@ -10,7 +10,7 @@ import os
 import time
 
 from crashcart import faults
-from crashcart.attach import plan, relay, setup, wire
+from crashcart.attach import plan, record, relay, setup, wire
 from crashcart.attach.child import SIG_END
 from crashcart.attach.options import SessionOptions
 from crashcart.errors import (
@@ -246,9 +246,16 @@ class Session:
     def _relay(self, pipes: relay.Pipes) -> None:
         if self.master >= 0:
             master = self.master
-            sig.handle(sig.SIGWINCH, lambda *_: terminal.copy_winsize(0, master))
+
+            def resized(*_: object) -> None:
+                terminal.copy_winsize(0, master)
+                if record.active:
+                    record.resized(0)
+
+            sig.handle(sig.SIGWINCH, resized)
             terminal.copy_winsize(0, master)
             r = relay.Relay([(0, master)], [(master, 1)], self.sup_pidfd)
+            r.tap = record.active.tap if record.active else None
             if self.raw:
                 r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, True))
         else:

@@ -100,7 +100,8 @@ class Relay:
     are non-blocking, so after the session ends a background process still holding them
     cannot keep crashcart waiting. `watch` maps more fds to callbacks run when they are
     readable (a callback returning False is unregistered); `tick` runs about once a second;
-    `filter` sees the host's input before it is copied (the escape sequence)."""
+    `filter` sees the host's input before it is copied (the escape sequence); `tap` (the
+    session recorder) sees every chunk moved, "i" for input and "o" for output."""
 
     def __init__(
         self,
@@ -117,6 +118,7 @@ class Relay:
         self.watch: dict[int, Callable[[], bool]] = {}
         self.tick: Callable[[], None] | None = None
         self.filter: Callable[[bytes], bytes] | None = None
+        self.tap: Callable[[str, bytes], None] | None = None  # the session recorder
         self.outputs_done = not self.outs
         self.stopped = False
         self.pending: dict[int, bytearray] = {}  # input for the session, not yet written
@@ -216,6 +218,8 @@ class Relay:
             raise
         if not data:
             return -1
+        if self.tap is not None:
+            self.tap("i" if src in self.inputs else "o", data)
         if src in self.inputs:
             if self.filter is not None:
                 data = self.filter(data)

@@ -10,7 +10,7 @@ import json
 import sys
 from typing import NoReturn
 
-from crashcart.errors import UsageError
+from crashcart.errors import CrashcartError, UsageError
 
 DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
 
@@ -97,14 +97,50 @@ def _build(args: argparse.Namespace) -> int:
     if args.no_cache:
         opts.cache_dir = None
     result = build(opts, Progress())
+    _cache_digest(result.output)
     reloc = result.manifest["relocation"]
     print(
         f"{result.output}: {result.size / 2**20:.1f} MiB, {result.manifest['format']}, "
         f"{len(result.manifest['packages'])} packages, {len(result.manifest['tools'])} tools"
     )
-    for problem in reloc.get("not_relocated", []):
-        print(f"  not relocated: {problem}")
+    for line in problem_lines(reloc.get("not_relocated", [])):
+        print(f"  not relocated: {line}")
     return 0
+
+
+def _cache_digest(image: str) -> None:
+    """Hash the new image now, for the audit log, so the first session does not."""
+    from crashcart import audit
+
+    try:
+        audit.toolbox_digest(audit.load_config(), image, compute=True)
+    except CrashcartError:
+        pass  # a broken crashcart.conf: the session will say so
+
+
+def problem_lines(problems: list[str]) -> list[str]:
+    """One line per thing to fix: programs that lack the same interpreter are one line
+    (a missing bash is one problem, not eleven)."""
+    marker = ": interpreter "
+    by_interp: dict[str, list[str]] = {}
+    lines: list[str] = []
+    for problem in problems:
+        path, found, rest = problem.partition(marker)
+        if found and rest.endswith(" is not in the image"):
+            interp = rest.removesuffix(" is not in the image")
+            if interp not in by_interp:
+                lines.append(interp)  # a placeholder, keeps the order of first sight
+            by_interp.setdefault(interp, []).append(path)
+        else:
+            lines.append(problem)
+    return [_interp_line(line, by_interp[line]) if line in by_interp else line for line in lines]
+
+
+def _interp_line(interp: str, paths: list[str]) -> str:
+    if len(paths) == 1:
+        return f"{paths[0]}: interpreter {interp} is not in the image"
+    shown = ", ".join(paths[:3]) + (f" and {len(paths) - 3} more" if len(paths) > 3 else "")
+    return f"{len(paths)} programs need {interp}, which is not in the image: {shown}"
 
 
 def _info(args: argparse.Namespace) -> int:

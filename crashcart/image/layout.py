@@ -56,6 +56,7 @@ def _write(rootfs: str, path: str, text: str, mode: int = 0o644) -> None:
 
 def _symlink(rootfs: str, path: str, target: str) -> None:
     host = rootpath.host_path(rootfs, path)
+    os.makedirs(os.path.dirname(host), exist_ok=True)  # --from-rootfs: a root without /etc
     if os.path.lexists(host):
         if os.path.isdir(host) and not os.path.islink(host):
             raise FileExistsError(host)

@@ -41,6 +41,12 @@ LIVE_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp")
 BIN_DIRS = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
 DEFAULT_LIB_DIRS = ("/lib", "/usr/lib", "/lib64", "/usr/lib64")
 CAP_XATTR = "security.capability"
+# A #! line matters only in a file that is run: one in a bin, sbin or libexec directory, one
+# a symlink there points to, or any file that is not a library module. A module with a stale
+# #! (Debian's /usr/lib/python3.11/cgi.py names /usr/local/bin/python) is imported, never
+# executed: not worth a word to the operator.
+PROGRAM_DIRS = frozenset({"bin", "sbin", "libexec"})
+MODULE_SUFFIXES = (".py", ".pm", ".rb", ".tcl", ".lua")
 
 Progress = Callable[[int, int], None]
 
@@ -57,6 +63,7 @@ class Report:
     interpreters: dict[str, str] = field(default_factory=dict)
     rpath: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    library_shebangs: int = 0  # modules whose #! names a missing interpreter: left as is
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -68,6 +75,7 @@ class Report:
             "interpreters": self.interpreters,
             "rpath": self.rpath,
             "not_relocated": self.problems,
+            "library_shebangs_left": self.library_shebangs,
         }
 
 
@@ -274,6 +282,7 @@ def _rewrite_shebangs(
             cache[name] = _find_in_toolbox(rootfs, name)
         return cache[name]
 
+    linked = _program_link_targets(rootfs, files)
     for rel, st in files:
         # Only executables: a non-executable script is run as `sh file`, its #! unused.
         if not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
@@ -282,8 +291,29 @@ def _rewrite_shebangs(
             if _rewrite_one_shebang(rootpath.host_path(rootfs, rel), find, prefix):
                 count += 1
         except LookupError as e:
-            report.problems.append(f"{rel}: interpreter {e.args[0]} is not in the image")
+            if is_program(rel, linked):
+                report.problems.append(f"{rel}: interpreter {e.args[0]} is not in the image")
+            else:
+                report.library_shebangs += 1
     return count
+
+
+def is_program(rel: str, linked: set[str]) -> bool:
+    """Whether the executable file `rel` is run as a program (see PROGRAM_DIRS)."""
+    parts = rel.strip("/").split("/")
+    if PROGRAM_DIRS & set(parts[:-1]) or rel in linked:
+        return True
+    return not parts[-1].endswith(MODULE_SUFFIXES)
+
+
+def _program_link_targets(rootfs: str, files: list[tuple[str, os.stat_result]]) -> set[str]:
+    out = set()
+    for rel, st in files:
+        if stat.S_ISLNK(st.st_mode) and PROGRAM_DIRS & set(rel.strip("/").split("/")[:-1]):
+            real = rootpath.resolve(rootfs, rel)
+            if real:
+                out.add(real)
+    return out
 
 
 def _rewrite_one_shebang(path: str, find: Callable[[str], str | None], prefix: str) -> bool:

@@ -151,7 +151,7 @@ def test_errors_are_recorded(audit: Audit, box: Container, leakcheck: lc.LeakChe
     assert [len(r) for r in runs] == [2, 2]
     (s1, e1), (s2, e2) = runs
     assert s1["target"] == {"spec": "docker://cc-test-no-such-container"}
-    assert e1["status"] == 125 and "no running container" in str(e1["error"])
+    assert e1["status"] == 125 and "no container matches" in str(e1["error"])
     assert e2["status"] == 127 and "/no/such/program" in str(e2["error"])
 
 

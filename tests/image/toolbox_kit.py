@@ -6,10 +6,13 @@ through the runtime's own exec, and a pty for interactive tools."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import pty
 import select
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -57,6 +60,8 @@ def mtimes(c: Container) -> dict[str, int]:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError, PermissionError):
             for e in os.scandir(directory):
                 path = f"{rel}/{e.name}"
+                if path.startswith("/dev/pts/"):
+                    continue  # `docker exec -t` allocates its terminal there
                 with contextlib.suppress(FileNotFoundError):
                     st = e.stat(follow_symlinks=False)
                     out[path] = st.st_mtime_ns
@@ -114,9 +119,13 @@ def sideload_run(c: Container, argv: Sequence[str], *, env: Sequence[str] = (),
 
 
 class Pty:
-    """Any command in a real pseudo-terminal, driven like a user at a keyboard."""
+    """Any command in a real pseudo-terminal (TERM=xterm), driven like a user at a keyboard;
+    crashcart run in it uses `image`."""
 
-    def __init__(self, argv: Sequence[str], rows: int = 40, cols: int = 120) -> None:
+    def __init__(self, argv: Sequence[str], image: str | None = None, rows: int = 40,
+                 cols: int = 120) -> None:  # fmt: skip
+        env = ccrun.env(image)
+        env["TERM"] = "xterm"
         self.pid, self.fd = pty.fork()
         if self.pid == 0:
             try:
@@ -126,7 +135,7 @@ class Pty:
 
                 fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
                 os.chdir(ccrun.REPO)
-                os.execvpe(argv[0], list(argv), ccrun.env())
+                os.execvpe(argv[0], list(argv), env)
             finally:
                 os._exit(127)
         self.output = b""
@@ -164,5 +173,30 @@ class Pty:
         raise TimeoutError(f"did not exit:\n{self.output[-2000:]!r}")
 
 
-def crashcart_argv(*args: str) -> list[str]:
-    return ccrun.argv(*args)
+def waiters() -> Path:
+    """A directory for a bind mount at /dbg: tests/image/waiter.c built with debug info as
+    waiter-glibc (its loader and libc next to it), waiter-musl and waiter-static."""
+    src = Path(__file__).resolve().parent / "waiter.c"
+    out = BUILD / f"dbg-{hashlib.sha256(src.read_bytes()).hexdigest()[:12]}"
+    if out.exists():
+        return out
+    tmp = Path(tempfile.mkdtemp(prefix=".dbg-", dir=_mkdir(BUILD)))
+    builds = {
+        "waiter-glibc": ["gcc", "-Wl,--dynamic-linker=/dbg/ld-linux-x86-64.so.2",
+                         "-Wl,-rpath,/dbg"],
+        "waiter-musl": ["musl-gcc"],
+        "waiter-static": ["musl-gcc", "-static"],
+    }  # fmt: skip
+    for name, cc in builds.items():
+        subprocess.run([*cc, "-g", "-O0", "-o", str(tmp / name), str(src)], check=True,
+                       capture_output=True)  # fmt: skip
+    for lib in ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/libc.so.6"):
+        shutil.copy(lib, tmp / os.path.basename(lib))
+    os.chmod(tmp, 0o755)
+    tmp.rename(out)
+    return out
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -82,6 +82,8 @@ WRAPPED = {
     "gdb": (("/usr/bin/gdb",), "front"),
     "vim.basic": (("/usr/bin/vim.basic",), "replace"),
     "nano": (("/usr/bin/nano",), "replace"),
+    "tmux": (("/usr/bin/tmux",), "front"),
+    "screen": (("/usr/bin/screen",), "front"),
 }
 
 
@@ -164,7 +166,7 @@ def install_wrappers(rootfs: str, write: Writer, real_bash: str, prefix: str = P
             dest = path
         else:
             dest = f"/usr/local/bin/{name}"
-        text = _data(f"wrappers/{name}").replace("@BASH@", real_bash)
+        text = _data(f"wrappers/{name}").replace(f"#!{REAL_DIR}/bash -p", f"#!{real_bash} -p", 1)
         text = text.replace("@REAL@", prefix + real).replace("@PREFIX@", prefix)
         write(rootfs, dest, text, 0o755)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -165,7 +166,16 @@ def test_interactive_shells_write_no_history(busybox: Container) -> None:
         with tk.sideloaded(c, image):
             for argv in (["/dev/crashcart/shell"], ["/dev/crashcart/bin/bash", "-i"]):
                 _type_and_exit(tk.Pty(tk.runtime_exec(c, argv, tty=True)))
+            _docker_ttys_closed(c)
     assert not _exists_in(c, "/root/.bash_history")
+
+
+def _docker_ttys_closed(c: Container, timeout: float = 10) -> None:
+    """`docker exec -t` allocates its terminal in the container's /dev/pts; dockerd closes
+    it a moment after the client returns. Not ours to check: wait for it."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and set(os.listdir(f"/proc/{c.pid}/root/dev/pts")) - {"ptmx"}:
+        time.sleep(0.1)
 
 
 def _type_and_exit(p: tk.Pty) -> None:
@@ -204,6 +214,7 @@ def test_sideload_tools_keep_no_side_files(busybox: Container) -> None:
             assert not _exists_in(c, "/etc/.group.swp")
             p.send(b"\x18n")
             assert p.wait() == 0
+            _docker_ttys_closed(c)
     assert b"Can not save" not in p.output
 
 

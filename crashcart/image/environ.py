@@ -100,5 +100,8 @@ def zshenv(rootfs: str, prefix: str = PREFIX) -> str:
         lines.append(f"module_path=({prefix}{modules[-1]})")
     if functions:
         lines.append("fpath=(" + " ".join(prefix + d for d in functions) + " $fpath)")
+    # Sideload mode: /etc/zsh/* are the container's files. zshenv cannot be skipped; the
+    # others (zprofile, zshrc, zlogin, zlogout) can.
+    lines.append("[[ ${CRASHCART_MODE:-sideload} == session ]] || unsetopt GLOBAL_RCS")
     lines.append(f"[[ -o interactive ]] && source {prefix}/.crashcart/env.sh")
     return "\n".join(lines) + "\n"

@@ -6,6 +6,9 @@ Layout contract with the attach engine (keep it exactly):
     /shell                        `docker exec -it CTR /dev/crashcart/shell`
     /profile -> .                 keeps `/dev/crashcart/profile/bin/bash` (original crashcart)
     /.crashcart/env.sh            environment, sourced by the rc file and the helpers
+    /.crashcart/session.env       KEY=VALUE lines the attach engine adds to every session
+                                  command's environment (see hygiene.py)
+    /.crashcart/{gdbinit,vimrc,nanorc}  settings the gdb, vim and nano wrappers load
     /.crashcart/tools.tsv         check-tools probes
     /.crashcart/manifest.json     see manifest.py
     /usr/local/bin/<helpers>
@@ -18,7 +21,7 @@ from __future__ import annotations
 import os
 from importlib import resources
 
-from crashcart.image import elf, environ, rootpath
+from crashcart.image import elf, environ, hygiene, rootpath
 from crashcart.image.recipe import Tool
 from crashcart.image.relocate import PREFIX
 
@@ -137,6 +140,7 @@ def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     """Install crashcart's files into `rootfs`; returns problems (e.g. no bash)."""
     problems: list[str] = []
     bash = find_bash(rootfs)
+    have_bash = bash is not None
     if bash is None:
         problems.append("no bash in the image: /shell, .crashcartrc and the helpers need it")
         bash = "/bin/bash"
@@ -147,6 +151,13 @@ def install(rootfs: str, tools: list[Tool], prefix: str = PREFIX) -> list[str]:
     if rootpath.exists(rootfs, "/usr/bin/zsh") or rootpath.exists(rootfs, "/bin/zsh"):
         _write(rootfs, "/.crashcart/zsh/.zshenv", environ.zshenv(rootfs, prefix))
     _write(rootfs, "/.crashcart/env.sh", render_env(rootfs, prefix))
+    session_env = hygiene.session_environment(rootfs)
+    _write(rootfs, "/.crashcart/session.env", hygiene.render_session_env(session_env))
+    for path, text in hygiene.config_files(rootfs, prefix).items():
+        _write(rootfs, path, text)
+    if have_bash:  # the wrappers are bash scripts
+        hygiene.install_wrappers(rootfs, _write, bash, prefix)
+    problems += hygiene.apply_patches(rootfs)
     _write(rootfs, "/.crashcart/helpers.sh", _data("helpers.sh"))
     _write(rootfs, "/.crashcart/tools.tsv", "".join(t.tsv() + "\n" for t in tools))
     rc = _data("crashcartrc").replace("@HELPERS@", " ".join(HELPERS))

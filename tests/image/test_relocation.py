@@ -152,7 +152,7 @@ def test_helpers_act_on_target_pids(minimal_image: Path, rootfs: RootfsFactory) 
     pid = re.search(r"target=(\d+)", out)
     assert pid, out
     t = pid.group(1)
-    assert "check-tools=0" in out and "9/9 tools work" in out, out
+    assert "check-tools=0" in out and "10/10 tools work" in out, out
     assert "usage: debug-process" in out
     assert f"process {t}" in out, out
     assert re.search(r"accept|attached", out), out

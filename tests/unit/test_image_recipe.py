@@ -63,7 +63,9 @@ def test_builtin_recipes_parse() -> None:
     minimal = load_recipe("minimal")
     assert set(minimal.packages) == {
         "bash", "busybox", "strace", "gdb-minimal", "iproute2", "procps", "lsof", "tcpdump",
+        "mount",
     }  # fmt: skip
+    assert "mount" in default.packages and "git" not in default.packages
     full = load_recipe("full")
     assert {"bpftrace", "tshark"} <= set(full.packages)
     assert set(default.packages) < set(full.packages)

@@ -11,7 +11,12 @@ import os
 import sys
 
 from crashcart import __version__
-from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
+from crashcart.errors import EXIT_CRASHCART, CrashcartError, TargetError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from crashcart.attach.options import SessionOptions
+    from crashcart.targets.model import Spec
 
 SUBCOMMANDS = ("ps", "image", "status", "cleanup")
 MODES = {"-m": "mount", "--mount": "mount", "-u": "unmount", "--unmount": "unmount"}
@@ -21,6 +26,9 @@ USAGE = """\
 usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart -m|-u TARGET          mount / remove the toolbox at /dev/crashcart
        crashcart -e TARGET [-- CMD]    mount, run the runtime's own exec, unmount
+       crashcart --replay TARGET [-- TOOL [ARG...]]
+                                       run the container's entrypoint in a throwaway
+                                       copy of it, under TOOL (strace -f, gdb --args)
        crashcart ps [--json]           containers crashcart can reach
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
@@ -33,6 +41,11 @@ root filesystem at /target. With no COMMAND: an interactive shell.
 TARGET: a host PID, a container name, full ID or unique ID prefix in Docker, Podman,
 containerd (NS/ID accepted) or runc; docker://, podman://, containerd://[NS/]ID,
 runc:// and pid:// force one runtime.
+
+A TARGET that exists but has no running process (exited, crashed, created) gets a
+post-mortem session: its files read-only at /target, namespaces of the session's own,
+its death record in /run/crashcart/postmortem.json, its last log lines in
+/run/crashcart/log. --replay also takes an image: --replay docker://IMAGE.
 
 options:
   --image PATH        toolbox image (default: $CRASHCART_IMAGE, else
@@ -55,6 +68,9 @@ options:
   --privileged        same as --caps privileged
   --no-cgroup         do not join the target's cgroups (limits, accounting)
   --allow-host        allow a PID that is not in any container
+  --replay            run the target's own entrypoint+cmd, env, workdir and user in a
+                      copy (its writes go to a tmpfs), its own namespaces, the toolbox at
+                      /dev/crashcart; -- TOOL ARGS runs it under TOOL
   --force             with -u: unmount even while sessions still use the toolbox
   -q, --quiet         no notes on stderr
   --debug             print what crashcart does, step by step
@@ -87,6 +103,7 @@ FLAGS = {
     "--allow-host": ("allow_host", True),
     "--force": ("force", True),
     "--json": ("json", True),
+    "--replay": ("replay", True),
 }
 
 
@@ -112,6 +129,7 @@ class Args:
         self.allow_host = False
         self.force = False
         self.json = False
+        self.replay = False
 
     def __repr__(self) -> str:
         return f"Args({vars(self)!r})"
@@ -186,6 +204,8 @@ def _check_combination(args: Args) -> None:
     if args.action == "session" and (args.json or args.force):
         raise UsageError(f"{'--json' if args.json else '--force'} is not an option of a session",
                          hint="--json goes with ps and status, --force with -u")  # fmt: skip
+    if args.replay and args.action != "session":
+        raise UsageError(f"--replay cannot be combined with -{args.action[0]}")
     if args.action in ("mount", "unmount") and args.user is not None:
         raise UsageError(f"--user does not apply to -{args.action[0]}",
                          hint="the runtime's exec chooses the user of what runs from the "
@@ -284,8 +304,6 @@ def run_session(args: Args) -> int:
     from crashcart.attach.options import SessionOptions, default_image
 
     assert args.target is not None
-    spec = targets.parse_spec(args.target, args.runtime)
-    target = targets.resolve(spec)
     opts = SessionOptions(
         command=args.command,
         image=args.image or default_image(),
@@ -299,7 +317,31 @@ def run_session(args: Args) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
+    if args.replay:
+        from crashcart.postmortem import lookup, session
+
+        return session.run_replay(lookup.find_replay(args.target, args.runtime), args.target,
+                                  opts)  # fmt: skip
+    spec = targets.parse_spec(args.target, args.runtime)
+    try:
+        target = targets.resolve(spec)
+    except TargetError as e:
+        return _postmortem(spec, opts, e)
     return attach(target, args.target, opts)
+
+
+def _postmortem(spec: Spec, opts: SessionOptions, error: TargetError) -> int:
+    """A target that exists but has no running process gets a post-mortem session."""
+    from crashcart.errors import AmbiguousTarget
+
+    if isinstance(error, AmbiguousTarget) or spec.runtime in ("pid", "runc"):
+        raise error
+    from crashcart.postmortem import lookup, session
+
+    record = lookup.find_dead(spec)
+    if record is None:
+        raise error
+    return session.run_postmortem(record, spec.text, opts)
 
 
 def main(argv: list[str] | None = None) -> int:

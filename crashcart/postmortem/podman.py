@@ -1,0 +1,13 @@
+"""Podman: not yet."""
+
+from __future__ import annotations
+
+from crashcart.postmortem.record import Record
+
+
+def available() -> bool:
+    return False
+
+
+def find(query: str) -> Record | None:
+    return None

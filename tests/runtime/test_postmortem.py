@@ -1,0 +1,269 @@
+"""Post-mortem sessions and replays on real runtimes: a container whose program segfaults
+(tests/testbed/segv.c in the `crashy` fixture image: static busybox plus /segv), one that
+wrote a file then exited, one created and never started; bad input. Nothing may leak: no
+host mount, loop device or crashcart process left, and the container's writable layer has
+the same checksum before and after."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import ccrun
+from tests.testbed import images, runtimes
+from tests.testbed import leakcheck as lc
+from tests.testbed.require import require_runtime
+from tests.testbed.runtimes import Container, ContainerFactory
+
+SEGV_C = Path(__file__).resolve().parents[1] / "testbed" / "segv.c"
+IMAGE = "crashy"
+RUNTIMES = ("docker",)
+CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
+
+
+# -- the fixture image ----------------------------------------------------------------------
+
+
+def _build_crashy() -> Path:
+    out = images.default_out_dir() / IMAGE
+    busybox = images.BUSYBOX.read_bytes()
+    want = hashlib.sha256(SEGV_C.read_bytes() + busybox)
+    tar = out / f"image-{want.hexdigest()[:16]}.tar"
+    if tar.exists():
+        return tar
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".crashy-", dir=out))
+    try:
+        segv = work / "segv"
+        subprocess.run(["musl-gcc", "-static", "-g", "-O0", "-o", str(segv), str(SEGV_C)],
+                       check=True, capture_output=True)  # fmt: skip
+        rootfs = work / "rootfs"
+        rootfs.mkdir()
+        entries = [*images.busybox_entries(), images.Entry("segv", 0o755, segv.read_bytes())]
+        images.materialize(entries, rootfs)
+        blobs = images.image_blobs(images.layer_tar(rootfs), ["/segv"], IMAGE)
+        images.write_image_tar(blobs, work / "image.tar")
+        shutil.copy(segv, out / "segv")
+        (work / "image.tar").rename(tar)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tar
+
+
+@pytest.fixture(scope="module")
+def crashy() -> Path:
+    tar = _build_crashy()
+    for rt in RUNTIMES:
+        if runtimes.unavailable_reason(rt) is None:
+            if rt == "docker":
+                runtimes.run([runtimes.DOCKER, "load", "-q", "-i", str(tar)])
+            elif rt == "podman":
+                runtimes.run(["podman", "load", "-q", "-i", str(tar)])
+            else:
+                runtimes.run(runtimes.ctr("images", "import", str(tar)))
+    return tar.parent / "segv"
+
+
+# -- dead containers ------------------------------------------------------------------------
+
+
+class Dead:
+    def __init__(self, runtime: str, name: str) -> None:
+        self.runtime = runtime
+        self.name = name
+
+    @property
+    def target(self) -> str:
+        if self.runtime == "containerd":
+            return f"containerd://{runtimes.CTR_NAMESPACE}/{self.name}"
+        return f"{self.runtime}://{self.name}"
+
+    def upper(self) -> Path:
+        if self.runtime == "docker":
+            out = runtimes.run([runtimes.DOCKER, "inspect", "-f",
+                                "{{.GraphDriver.Data.UpperDir}}", self.name])  # fmt: skip
+        else:
+            out = runtimes.run(["podman", "inspect", "--format",
+                                "{{.GraphDriver.Data.UpperDir}}", self.name])  # fmt: skip
+        return Path(out.stdout.strip())
+
+
+@pytest.fixture
+def dead() -> Iterator[list[Dead]]:
+    made: list[Dead] = []
+    yield made
+    for d in made:
+        runtimes.remove_by_name(d.runtime, d.name)
+
+
+def run_to_end(made: list[Dead], runtime: str, *cmd: str, create_only: bool = False,
+               extra: tuple[str, ...] = ()) -> Dead:  # fmt: skip
+    require_runtime(runtime)
+    d = Dead(runtime, runtimes.new_name(f"pm-{runtime}"))
+    made.append(d)
+    ref = images.ref(IMAGE) if runtime == "docker" else images.full_ref(IMAGE)
+    cli = runtimes.DOCKER if runtime == "docker" else "podman"
+    verb = "create" if create_only else "run"
+    runtimes.run([cli, verb, "--pull=never", "--name", d.name, "--network", "none",
+                  "--label", "crashcart-test=1", *extra, ref, *cmd], check=False)  # fmt: skip
+    return d
+
+
+def tree_sum(root: Path) -> str:
+    """A checksum of every path under `root`: name, type, mode, owner, size, contents."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath, name)
+            st = p.lstat()
+            h.update(f"{p.relative_to(root)} {st.st_mode} {st.st_uid} {st.st_size}\n".encode())
+            if p.is_file() and not p.is_symlink():
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def nothing_left(d: Dead) -> Iterator[None]:
+    """The leak checker for a container with no process: host mounts, loop devices,
+    crashcart processes, and the writable layer's checksum."""
+    upper = d.upper()
+    before = (lc._host_mounts(Path("/proc/self/mountinfo").read_text()), lc.loop_devices(),
+              lc.crashcart_procs(), tree_sum(upper))  # fmt: skip
+    yield
+    for _ in range(20):
+        after = (lc._host_mounts(Path("/proc/self/mountinfo").read_text()), lc.loop_devices(),
+                 lc.crashcart_procs(), tree_sum(upper))  # fmt: skip
+        if after == before:
+            return
+        time.sleep(0.1)
+    assert after[0] == before[0], ("host mounts", after[0] - before[0], before[0] - after[0])
+    assert after[1] == before[1], ("loop devices", after[1] ^ before[1])
+    assert after[2] == before[2], ("crashcart processes", after[2] - before[2])
+    assert after[3] == before[3], f"the writable layer {upper} changed"
+
+
+def record(out: str) -> dict[str, object]:
+    start = out.index("{")
+    depth = 0
+    for i, c in enumerate(out[start:], start):
+        depth += {"{": 1, "}": -1}.get(c, 0)
+        if depth == 0:
+            return json.loads(out[start : i + 1])  # type: ignore[no-any-return]
+    raise AssertionError(out)
+
+
+# -- the tests ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_segfault_post_mortem_and_replay_under_gdb(
+    runtime: str, crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    d = run_to_end(dead, runtime)
+    with nothing_left(d):
+        proc = ccrun.run(d.target, "--", "sh", "-c", "cat /run/crashcart/postmortem.json; "
+                         "echo; cat /run/crashcart/log; sha256sum /target/segv; hostname; "
+                         "ip -o link | wc -l; touch /target/new || echo READ-ONLY")  # fmt: skip
+        gdb = ccrun.run("--replay", d.target, "--", "gdb", "-batch", "-ex", "run", "-ex", "bt",
+                        "--args", timeout=120, image=os.environ.get(
+                            "CRASHCART_TEST_DEFAULT_IMAGE"))  # fmt: skip
+    out = ccrun.text(proc)
+    assert proc.returncode == 0, proc.stderr
+    rec = record(out)
+    assert rec["exit_code"] == 139 and rec["signal"] == 11, rec
+    assert rec["signal_name"] == "SIGSEGV" and rec["cmd"] == ["/segv"], rec
+    assert "segv: about to crash" in out, out
+    assert hashlib.sha256(crashy.read_bytes()).hexdigest() in out, out
+    assert "READ-ONLY" in out and out.split()[-2] == "1", out  # only lo
+    text = gdb.stdout.decode(errors="replace") + gdb.stderr.decode(errors="replace")
+    assert "SIGSEGV" in text, text
+    assert "crash_here" in text and "main" in text, text
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_written_file_is_visible_read_only(
+    runtime: str, crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    d = run_to_end(dead, runtime, "sh", "-c", "mkdir -p /var/out && echo kept-42 > /var/out/f")
+    with nothing_left(d):
+        proc = ccrun.run(
+            d.target,
+            "--",
+            "sh",
+            "-c",
+            "cat /target/var/out/f; echo more >> /target/var/out/f; echo $?",
+        )
+    assert proc.returncode == 0, proc.stderr
+    kept, status = ccrun.text(proc).split()
+    assert kept == "kept-42" and status != "0", proc
+    assert b"Read-only file system" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_created_never_started(runtime: str, crashy: Path, dead: list[Dead], toolbox: str) -> None:
+    d = run_to_end(dead, runtime, create_only=True)
+    with nothing_left(d):
+        proc = ccrun.run(d.target, "--", "sh", "-c", "cat /run/crashcart/postmortem.json; "
+                         "ls /target/segv /target/bin/busybox")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rec = record(ccrun.text(proc))
+    assert rec["status"] == "created" and rec["exit_code"] is None, rec
+    assert "/target/segv" in ccrun.text(proc)
+
+
+def test_removed_container_and_missing_image_are_one_clear_line(
+    dead: list[Dead], crashy: Path, toolbox: str
+) -> None:
+    require_runtime("docker")
+    d = run_to_end(dead, "docker", "true")
+    runtimes.remove_by_name("docker", d.name)
+    for args in ((d.target,), ("--replay", d.target), ("--replay", "docker://cc-test-no/such:img")):
+        proc = ccrun.run(*args, "--", "true")
+        err = proc.stderr.decode()
+        assert proc.returncode == 125, (args, proc)
+        assert "Traceback" not in err and err.startswith("crashcart: "), err
+        assert "no " in err.splitlines()[0] and "matches" in err.splitlines()[0], err
+
+
+def test_replay_beside_a_running_container_leaves_it_untouched(
+    start_container: ContainerFactory, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c: Container = start_container("docker", "busybox")
+    with leakcheck(c):
+        proc = ccrun.run("--replay", f"docker://{c.name}", "--", "/bin/sh", "-c",
+                         "echo changed > /www/index.html; cat /www/index.html; "
+                         "ls /dev/crashcart/usr/bin/strace; ps -o pid=")  # fmt: skip
+    out = ccrun.text(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert out.startswith("changed\n/dev/crashcart/usr/bin/strace\n"), out
+    assert Path(f"/proc/{c.pid}/root/www/index.html").read_bytes() == b"crashcart-test busybox\n"
+    # Its own pid namespace: the supervisor and the shell (now ps), nothing of the original.
+    assert out.split()[2:] == ["1", "2"], out
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_cores_are_listed_when_the_host_keeps_them(
+    runtime: str, crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    old = CORE_PATTERN.read_text()
+    CORE_PATTERN.write_text("/tmp/cc-core.%e.%p")
+    try:
+        d = run_to_end(dead, runtime, extra=("--ulimit", "core=-1"))
+    finally:
+        CORE_PATTERN.write_text(old)
+    with nothing_left(d):
+        proc = ccrun.run(d.target, "--", "cat", "/run/crashcart/cores")
+    out = ccrun.text(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert "/target/tmp/cc-core.segv." in out and "gdb -ex 'set sysroot /target'" in out, out

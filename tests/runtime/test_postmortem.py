@@ -27,7 +27,7 @@ from tests.testbed.runtimes import Container, ContainerFactory
 
 SEGV_C = Path(__file__).resolve().parents[1] / "testbed" / "segv.c"
 IMAGE = "crashy"
-RUNTIMES = ("docker",)
+RUNTIMES = ("docker", "podman")
 CORE_PATTERN = Path("/proc/sys/kernel/core_pattern")
 
 
@@ -259,7 +259,10 @@ def test_cores_are_listed_when_the_host_keeps_them(
     old = CORE_PATTERN.read_text()
     CORE_PATTERN.write_text("/tmp/cc-core.%e.%p")
     try:
-        d = run_to_end(dead, runtime, extra=("--ulimit", "core=-1"))
+        # Podman replaces its default ulimits with those given (root here may not raise them).
+        nofile = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=32768:32768")
+        nofile = nofile if runtime == "podman" else ()
+        d = run_to_end(dead, runtime, extra=("--ulimit", "core=-1", *nofile))
     finally:
         CORE_PATTERN.write_text(old)
     with nothing_left(d):

@@ -93,8 +93,8 @@ def _inspect(r: Record) -> None:
         info = None
     if not isinstance(info, dict):
         raise RuntimeAnswerError(f"podman container inspect {r.short_id} failed")
-    config = info.get("Config") if isinstance(info.get("Config"), dict) else {}
-    state = info.get("State") if isinstance(info.get("State"), dict) else {}
+    config = _dict(info, "Config")
+    state = _dict(info, "State")
     r.image = str(config.get("Image") or info.get("ImageName") or "")
     _command(r, config)
     r.user = str(config.get("User") or "")
@@ -137,6 +137,11 @@ def _command(r: Record, config: dict[str, Any]) -> None:
     r.cmd = [str(a) for a in config.get("Cmd") or []]
     r.env = [str(e) for e in config.get("Env") or []]
     r.workdir = str(config.get("WorkingDir") or "/")
+
+
+def _dict(info: dict[str, Any], key: str) -> dict[str, Any]:
+    value = info.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _time(value: Any) -> str:

@@ -13,6 +13,17 @@ SIGNALS = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6:
            25: "SIGXFSZ", 31: "SIGSYS"}  # fmt: skip
 
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+
+def sub(obj: Any, key: str) -> dict[str, Any]:
+    """obj[key] if obj is a JSON object and that is an object too, else {}."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return value if isinstance(value, dict) else {}
+
+
 class Record:
     """A container (or an image, for a replay) as its runtime keeps it."""
 

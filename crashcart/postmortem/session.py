@@ -77,7 +77,7 @@ def summary(r: Record, found: cores.Cores) -> list[str]:
     if r.status == "created":
         how = "was created and never started"
     elif r.exit_code is None:
-        how = f"is {r.status or 'not running'}"
+        how = f"has no running process (status: {r.status or 'unknown'})"
     else:
         how = f"{r.status or 'exited'} with code {r.exit_code}"
         if r.signal:

@@ -71,6 +71,8 @@ options:
   --replay            run the target's own entrypoint+cmd, env, workdir and user in a
                       copy (its writes go to a tmpfs), its own namespaces, the toolbox at
                       /dev/crashcart; -- TOOL ARGS runs it under TOOL
+  --replay-net        with --replay of a running container: share its network
+                      namespace (default: the copy has lo only)
   --force             with -u: unmount even while sessions still use the toolbox
   -q, --quiet         no notes on stderr
   --debug             print what crashcart does, step by step
@@ -104,6 +106,7 @@ FLAGS = {
     "--force": ("force", True),
     "--json": ("json", True),
     "--replay": ("replay", True),
+    "--replay-net": ("replay_net", True),
 }
 
 
@@ -130,6 +133,7 @@ class Args:
         self.force = False
         self.json = False
         self.replay = False
+        self.replay_net = False  # --replay: share the running original's network namespace
 
     def __repr__(self) -> str:
         return f"Args({vars(self)!r})"
@@ -204,6 +208,8 @@ def _check_combination(args: Args) -> None:
     if args.action == "session" and (args.json or args.force):
         raise UsageError(f"{'--json' if args.json else '--force'} is not an option of a session",
                          hint="--json goes with ps and status, --force with -u")  # fmt: skip
+    if args.replay_net and not args.replay:
+        raise UsageError("--replay-net goes with --replay")
     if args.replay and args.action != "session":
         raise UsageError(f"--replay cannot be combined with -{args.action[0]}")
     if args.action in ("mount", "unmount") and args.user is not None:
@@ -320,8 +326,8 @@ def run_session(args: Args) -> int:
     if args.replay:
         from crashcart.postmortem import lookup, session
 
-        return session.run_replay(lookup.find_replay(args.target, args.runtime), args.target,
-                                  opts)  # fmt: skip
+        record = lookup.find_replay(args.target, args.runtime)
+        return session.run_replay(record, args.target, opts, args.replay_net)
     spec = targets.parse_spec(args.target, args.runtime)
     try:
         target = targets.resolve(spec)

@@ -48,17 +48,24 @@ class Layout:
         self.ns_dir = -1  # the setup process's /proc/self/ns, for pid_for_children
 
 
-@step("unshare mnt uts ipc net cgroup pid (the session's own), make / rprivate")
-def unshare_namespaces(ctx: Context) -> None:
-    libc.unshare(UNSHARED)
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+def unshare_namespaces(own_net: bool = True) -> Step:
+    kinds = "mnt uts ipc net cgroup pid" if own_net else "mnt uts ipc cgroup pid"
+    flags = UNSHARED if own_net else UNSHARED & ~libc.CLONE_NEWNET
+
+    @step(f"unshare {kinds} (the session's own), make / rprivate")
+    def unshare_own(ctx: Context) -> None:
+        libc.unshare(flags)
+        libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+
+    return unshare_own
 
 
-def hostname(name: str) -> Step:
-    @step(f"hostname {name} in the session's uts namespace, lo up")
+def hostname(name: str, own_net: bool = True) -> Step:
+    @step(f"hostname {name} in the session's uts namespace" + (", lo up" if own_net else ""))
     def set_hostname(ctx: Context) -> None:
         _socket.sethostname(name)
-        loopback_up()
+        if own_net:
+            loopback_up()
 
     return set_hostname
 

@@ -84,14 +84,41 @@ def find(query: str) -> Record | None:
     return r
 
 
-def _inspect(r: Record) -> None:
+def _podman_inspect(kind: str, ident: str) -> dict[str, Any] | None:
     try:
-        proc = subprocess.run(["podman", "container", "inspect", r.id], capture_output=True,
+        proc = subprocess.run(["podman", kind, "inspect", ident], capture_output=True,
                               timeout=30, stdin=subprocess.DEVNULL)  # fmt: skip
         info = json.loads(proc.stdout)[0] if proc.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
         info = None
-    if not isinstance(info, dict):
+    return info if isinstance(info, dict) else None
+
+
+def find_image(ref: str) -> Record | None:
+    """An image (--replay podman://IMAGE): its layers and its configuration."""
+    info = _podman_inspect("image", ref)
+    if info is None:
+        return None
+    r = Record("podman", str(info.get("Id", "")), ref)
+    r.is_image = True
+    r.image = ref
+    data = _dict(_dict(info, "GraphDriver"), "Data")
+    lowers = [d for d in str(data.get("LowerDir") or "").split(":") if d]
+    r.layers = [d for d in (str(data.get("UpperDir") or ""), *lowers) if d]
+    config = _dict(info, "Config")
+    entry = config.get("Entrypoint")
+    r.entrypoint = [str(a) for a in entry] if isinstance(entry, list) else []
+    r.cmd = [str(a) for a in config.get("Cmd") or []]
+    r.env = [str(e) for e in config.get("Env") or []]
+    r.workdir = str(config.get("WorkingDir") or "/")
+    r.user = str(config.get("User") or "")
+    r.hostname = "replay"
+    return r
+
+
+def _inspect(r: Record) -> None:
+    info = _podman_inspect("container", r.id)
+    if info is None:
         raise RuntimeAnswerError(f"podman container inspect {r.short_id} failed")
     config = _dict(info, "Config")
     state = _dict(info, "State")

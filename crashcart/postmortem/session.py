@@ -11,7 +11,8 @@ from crashcart.attach import plan as plans
 from crashcart.attach.context import Step
 from crashcart.attach.options import DEBUG_CAPS, SessionOptions
 from crashcart.errors import UsageError
-from crashcart.linux import caps, libc, terminal
+from crashcart.linux import caps, libc, ns, terminal
+from crashcart.pinned import PinnedTarget
 from crashcart.postmortem import cores, logs
 from crashcart.postmortem.record import SIGNALS, Record
 from crashcart.targets.model import Target
@@ -110,7 +111,7 @@ def session_files(r: Record, found: cores.Cores) -> dict[str, bytes]:
 
 def postmortem_steps(layout: ownns.Layout, tty: bool) -> list[Step]:
     out = [ownns.keep_ns_dir(layout), ownns.overlay(layout), ownns.clone_mounts(layout),
-           ownns.unshare_namespaces, ownns.hostname(layout.hostname), mounts.pivot_to_toolbox,
+           ownns.unshare_namespaces(), ownns.hostname(layout.hostname), mounts.pivot_to_toolbox,
            mounts.attach_target, ownns.attach_mounts(layout, "/target"), ownns.own_dev(""),
            mounts.bind_dev_into_target, mounts.mount_tmp, ownns.write_files(layout)]  # fmt: skip
     if tty:
@@ -170,10 +171,13 @@ def _print_plan(prep: plans.Prepared) -> None:
 # -- replay -------------------------------------------------------------------------------
 
 
-def replay_steps(layout: ownns.Layout, tty: bool) -> list[Step]:
-    out = [ownns.keep_ns_dir(layout), ownns.overlay(layout), ownns.clone_mounts(layout),
-           ownns.unshare_namespaces, ownns.hostname(layout.hostname), ownns.pivot_to_copy,
-           ownns.attach_mounts(layout, "/"), ownns.own_dev("")]  # fmt: skip
+def replay_steps(layout: ownns.Layout, tty: bool, share_net: bool = False) -> list[Step]:
+    out = [ownns.keep_ns_dir(layout), ownns.overlay(layout), ownns.clone_mounts(layout)]
+    if share_net:
+        out.append(mounts.join(("net",)))
+    out += [ownns.unshare_namespaces(not share_net),
+            ownns.hostname(layout.hostname, not share_net), ownns.pivot_to_copy,
+            ownns.attach_mounts(layout, "/"), ownns.own_dev("")]  # fmt: skip
     if tty:
         out.append(mounts.allocate_pty)
     return [*out, setup.AFTER_FORK, ownns.fresh_proc(layout, "/proc")]
@@ -203,7 +207,25 @@ def replay_command(r: Record, tool: list[str], toolbox_fd: int, tty: bool) -> li
     return [tool_path(toolbox_fd, tool[0]), *tool[1:], *r.argv()]
 
 
-def run_replay(r: Record, spec_text: str, opts: SessionOptions) -> int:
+def _original_net(r: Record) -> ns.Namespaces:
+    """The running original's network namespace, pinned as an attach pins its target."""
+    if not r.pid:
+        raise UsageError(
+            f"--replay-net: {r.describe()} is not running: there is no network namespace to share",
+            hint="without --replay-net the copy has lo only",
+        )
+    pinned = PinnedTarget(Target(r.runtime, r.id, r.name, r.pid, r.image, r.namespace))
+    try:
+        out = ns.Namespaces()
+        if "net" in pinned.nss.foreign:
+            out.fds["net"] = os.dup(pinned.nss.fds["net"])
+            out.foreign.add("net")
+        return out
+    finally:
+        pinned.close()
+
+
+def run_replay(r: Record, spec_text: str, opts: SessionOptions, share_net: bool = False) -> int:
     r.check_layers()
     tty = host.wants_tty(opts)
     layout = ownns.Layout(r.layers, r.mounts, r.hostname or r.short_id, {}, True)
@@ -225,8 +247,14 @@ def run_replay(r: Record, spec_text: str, opts: SessionOptions) -> int:
     keep = _keep(opts.caps if opts.caps != "default" else "restricted")
     if opts.command and opts.caps == "default":
         keep = caps.mask(CONTAINER_CAPS + ("sys_ptrace",))  # the tool traces its own child
+    try:
+        nss = _original_net(r) if share_net else None
+    except BaseException:
+        toolbox.close()
+        raise
     prep = plans.prepare_unpinned(_target(r), toolbox, tty, (argv, env, wd), (uid, gid, keep),
-                                  replay_steps(layout, tty))  # fmt: skip
+                                  replay_steps(layout, tty, share_net), nss)  # fmt: skip
     prep.ctx.workdir_given = bool(opts.workdir)
-    lines = [f"replay of {r.describe()} in a throwaway copy (writes vanish; no network but lo)"]
-    return _run(prep, opts, tty, lines + r.notes)
+    net = "the original's network" if share_net else "no network but lo"
+    lines = [f"replay of {r.describe()} in a throwaway copy (writes vanish; {net})"]
+    return _run(prep, opts, tty, (lines if tty or opts.debug else []) + r.notes)

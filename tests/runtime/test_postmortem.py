@@ -143,9 +143,11 @@ def _ctr_to_end(d: Dead, ref: str, cmd: list[str], create_only: bool) -> Dead:
     raise AssertionError(f"containerd task {d.name} did not stop")
 
 
-def tree_sum(root: Path) -> str:
+def tree_sum(root: Path | None) -> str:
     """A checksum of every path under `root`: name, type, mode, owner, size, contents."""
     h = hashlib.sha256()
+    if root is None:
+        return ""
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for name in sorted(dirnames + filenames):
@@ -157,7 +159,7 @@ def tree_sum(root: Path) -> str:
     return h.hexdigest()
 
 
-def _settled(upper: Path) -> None:
+def _settled(upper: Path | None) -> None:
     """Podman's cleanup (conmon starts `podman container cleanup`) may still be changing the
     layer when `podman run` has returned: wait until two looks agree."""
     last = tree_sum(upper)
@@ -170,11 +172,12 @@ def _settled(upper: Path) -> None:
 
 
 @contextlib.contextmanager
-def nothing_left(d: Dead) -> Iterator[None]:
+def nothing_left(d: Dead | None) -> Iterator[None]:
     """The leak checker for a container with no process: host mounts, loop devices,
-    crashcart processes, and the writable layer's checksum."""
-    upper = d.upper()
-    _settled(upper)
+    crashcart processes, and the writable layer's checksum (None: an image, no layer)."""
+    upper = d.upper() if d else None
+    if upper:
+        _settled(upper)
     before = (lc._host_mounts(Path("/proc/self/mountinfo").read_text()), lc.loop_devices(),
               lc.crashcart_procs(), tree_sum(upper))  # fmt: skip
     yield
@@ -312,3 +315,89 @@ def test_cores_are_listed_when_the_host_keeps_them(
     out = ccrun.text(proc)
     assert proc.returncode == 0, proc.stderr
     assert "/target/tmp/cc-core.segv." in out and "gdb -ex 'set sysroot /target'" in out, out
+
+
+@pytest.mark.parametrize("runtime", ("docker", "podman"))
+def test_replay_runs_with_the_containers_user_env_and_workdir(
+    runtime: str, crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    extra = ("--user", "65534:65534", "-w", "/tmp", "-e", "CC_VAR=from-the-container")
+    d = run_to_end(dead, runtime, "sh", "-c", "exit 0", extra=extra)
+    script = "id -u; id -g; pwd; echo $CC_VAR; echo $0 $@; touch /tmp/mine && echo WROTE"
+    with nothing_left(d):
+        proc = ccrun.run("--replay", d.target, "--", "/bin/sh", "-c", script)
+        again = ccrun.run("--replay", d.target, "--", "/bin/sh", "-c", "ls /tmp/mine || true")
+    assert proc.returncode == 0, proc.stderr
+    # The tool gets the container's command as its arguments: sh -c 'exit 0'.
+    assert ccrun.text(proc).split("\n")[:6] == [
+        "65534",
+        "65534",
+        "/tmp",
+        "from-the-container",
+        "sh -c exit 0",
+        "WROTE",
+    ], proc
+    assert b"No such file" in again.stderr, again  # the first copy's writes vanished
+
+
+@pytest.mark.parametrize("runtime", ("docker", "podman"))
+def test_replay_of_an_image_reference(runtime: str, crashy: Path, toolbox: str) -> None:
+    require_runtime(runtime)
+    ref = images.ref(IMAGE) if runtime == "docker" else images.full_ref(IMAGE)
+    with nothing_left(None):
+        proc = ccrun.run("--replay", f"{runtime}://{ref}", "--", "strace", "-f", "-e",
+                         "trace=none")  # fmt: skip
+    assert proc.returncode == 139, proc  # strace passes on how its tracee died
+    assert b"segv: about to crash" in proc.stdout, proc
+    assert b"+++ killed by SIGSEGV +++" in proc.stderr, proc
+
+
+def test_replay_net_shares_a_running_originals_network(
+    start_container: ContainerFactory, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    c: Container = start_container("docker", "busybox")
+    get = "wget -qO- http://127.0.0.1:8080/ || echo NO-CONNECTION"
+    with leakcheck(c):
+        shared = ccrun.run("--replay", "--replay-net", f"docker://{c.name}", "--", "/bin/sh",
+                           "-c", get)  # fmt: skip
+        own = ccrun.run("--replay", f"docker://{c.name}", "--", "/bin/sh", "-c", get)
+    assert ccrun.text(shared) == "crashcart-test busybox\n", shared
+    assert ccrun.text(own) == "NO-CONNECTION\n", own
+
+
+def test_pruned_layers_are_one_clear_line(dead: list[Dead], crashy: Path, toolbox: str) -> None:
+    """A layer directory the runtime no longer has (here: docker's -init layer of this very
+    container, moved aside for the test and put back)."""
+    d = run_to_end(dead, "docker", "true")
+    lower = runtimes.run([runtimes.DOCKER, "inspect", "-f", "{{.GraphDriver.Data.LowerDir}}",
+                          d.name]).stdout.strip().split(":")[0]  # fmt: skip
+    assert lower.endswith("-init/diff"), lower
+    hidden = Path(lower + ".cc-test-hidden")
+    Path(lower).rename(hidden)
+    try:
+        for args in ((d.target,), ("--replay", d.target)):
+            proc = ccrun.run(*args, "--", "true")
+            err = proc.stderr.decode()
+            assert proc.returncode == 125 and "Traceback" not in err, (args, err)
+            assert "layers are gone" in err.splitlines()[0] and "pruned" in err, err
+    finally:
+        hidden.rename(lower)
+
+
+def test_interactive_session_starts_with_the_death_summary(
+    crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    d = run_to_end(dead, "docker")
+    with nothing_left(d):
+        s = ccrun.PtySession(d.target)
+        try:
+            s.wait_prompt()
+            s.send(b"ls /target/segv; tty; exit 3\n")
+            status = s.wait()
+        finally:
+            s.kill()
+    out = s.output.decode(errors="replace")
+    assert status == 3, out
+    assert "exited with code 139 (128+11: killed by SIGSEGV)" in out, out
+    assert "/run/crashcart/postmortem.json" in out and "/run/crashcart/log" in out, out
+    assert "/dev/pts/0" in out, out

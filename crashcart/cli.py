@@ -346,6 +346,9 @@ def _postmortem(spec: Spec, opts: SessionOptions, error: TargetError) -> int:
 
     record = lookup.find_dead(spec)
     if record is None:
+        if str(error).startswith("no running container matches"):
+            # Stopped containers were searched too: say so.
+            raise TargetError(f"{error}; no stopped one either", hint=error.hint) from None
         raise error
     return session.run_postmortem(record, spec.text, opts)
 

@@ -401,3 +401,83 @@ def test_interactive_session_starts_with_the_death_summary(
     assert "exited with code 139 (128+11: killed by SIGSEGV)" in out, out
     assert "/run/crashcart/postmortem.json" in out and "/run/crashcart/log" in out, out
     assert "/dev/pts/0" in out, out
+
+
+# -- the parts without a runtime ------------------------------------------------------------
+
+
+def test_ttrpc_protobuf_codec_reads_what_it_writes() -> None:
+    from crashcart.postmortem import ttrpc
+
+    data = ttrpc.field_bytes(1, b"task") + ttrpc.field_int(9, 139) + ttrpc.field_int(3, 1 << 40)
+    data += ttrpc.field_bytes(10, ttrpc.field_int(1, 1796287717))
+    fields = ttrpc.parse(data)
+    assert ttrpc.first_bytes(fields, 1) == b"task" and ttrpc.first_int(fields, 9) == 139
+    assert ttrpc.first_int(fields, 3) == 1 << 40
+    assert ttrpc.first_int(ttrpc.parse(ttrpc.first_bytes(fields, 10)), 1) == 1796287717
+    with pytest.raises(ValueError):
+        ttrpc.parse(b"\x08\xff")  # a varint cut short
+
+
+def test_log_tails_of_each_format(tmp_path: Path) -> None:
+    from crashcart.postmortem import logs
+
+    docker = tmp_path / "json.log"
+    docker.write_text("".join(json.dumps({"log": f"line {i}\n", "stream": "stdout",
+                                          "time": "T"}) + "\n" for i in range(150)))  # fmt: skip
+    out = logs.tail(str(docker), "json-file")
+    assert out is not None and out.splitlines()[-1] == "T stdout line 149"
+    assert len(out.splitlines()) == logs.LINES
+    k8s = tmp_path / "0.log"
+    k8s.write_text("T1 stderr P part \nT2 stderr F end\n")
+    assert logs.tail(str(k8s), "k8s-file") == "T1 stderr part T2 stderr end\n"
+    assert logs.tail(str(tmp_path / "missing"), "raw") is None
+
+
+def test_cores_are_found_by_content_and_pipes_are_named(tmp_path: Path) -> None:
+    from crashcart.postmortem import cores
+    from crashcart.postmortem.record import Record
+
+    upper = tmp_path / "upper"
+    (upper / "tmp").mkdir(parents=True)
+    (upper / "tmp" / "dump").write_bytes(b"\x7fELF" + bytes(12) + b"\x04\x00" + bytes(100))
+    (upper / "tmp" / "prog").write_bytes(b"\x7fELF" + bytes(12) + b"\x02\x00" + bytes(100))
+    r = Record("docker", "a" * 64, "x")
+    r.upper, r.cmd = str(upper), ["/segv"]
+    pattern = tmp_path / "core_pattern"
+    pattern.write_text("core\n")
+    found = cores.find(r, str(pattern))
+    assert found.files == ["/target/tmp/dump"], found.files
+    assert "gdb -ex 'set sysroot /target' /target/segv /target/tmp/dump" in found.summary()[1]
+    pattern.write_text("|/lib/systemd/systemd-coredump %P %u %g %s %t %c %h\n")
+    assert "coredumpctl" in cores.find(r, str(pattern)).summary()[0]
+    pattern.write_text("|/usr/bin/apport %p\n")
+    assert "not kept" in cores.find(r, str(pattern)).summary()[0]
+
+
+def test_signal_and_pruned_layers_from_the_record(tmp_path: Path) -> None:
+    from crashcart.errors import TargetError
+    from crashcart.postmortem.record import Record
+
+    r = Record("podman", "b" * 64, "web")
+    r.exit_code = 139
+    assert r.signal == 11 and r.death()["signal_name"] == "SIGSEGV"
+    r.exit_code = 1
+    assert r.signal is None
+    r.layers = [str(tmp_path), str(tmp_path / "gone")]
+    with pytest.raises(TargetError, match="1 of its 2 filesystem layers are gone"):
+        r.check_layers()
+
+
+def test_the_plans_say_what_they_do() -> None:
+    from crashcart.attach import ownns, setup
+    from crashcart.postmortem import session
+
+    layout = ownns.Layout(["/u", "/l"], [("/v", "/data")], "web", {}, False)
+    words = [s.what for s in session.postmortem_steps(layout, tty=True)]
+    assert any(w.startswith("unshare mnt uts ipc net cgroup pid") for w in words), words
+    assert "overlay of the container's 2 layers (read-only, no upperdir), detached" in words
+    assert words.index(setup.AFTER_FORK.what) == len(words) - 2  # procfs after the fork
+    replay = [s.what for s in session.replay_steps(layout, tty=False, share_net=True)]
+    assert "setns net" in replay and any(w.startswith("unshare mnt uts ipc cgroup pid")
+                                         for w in replay), replay  # fmt: skip

@@ -116,7 +116,7 @@ def run_to_end(made: list[Dead], runtime: str, *cmd: str, create_only: bool = Fa
     made.append(d)
     ref = images.ref(IMAGE) if runtime == "docker" else images.full_ref(IMAGE)
     if runtime == "containerd":
-        return _ctr_to_end(d, ref, list(cmd), create_only)
+        return _ctr_to_end(d, ref, list(cmd), create_only, extra)
     cli = runtimes.DOCKER if runtime == "docker" else "podman"
     verb = "create" if create_only else "run"
     runtimes.run([cli, verb, "--pull=never", "--name", d.name, "--network", "none",
@@ -124,7 +124,9 @@ def run_to_end(made: list[Dead], runtime: str, *cmd: str, create_only: bool = Fa
     return d
 
 
-def _ctr_to_end(d: Dead, ref: str, cmd: list[str], create_only: bool) -> Dead:
+def _ctr_to_end(
+    d: Dead, ref: str, cmd: list[str], create_only: bool, extra: tuple[str, ...] = ()
+) -> Dead:
     """ctr run -d keeps the task, stopped, once its process exits: its shim holds the exit
     status (a non-detached ctr run deletes the task, and the status with it)."""
     if create_only:
@@ -134,7 +136,7 @@ def _ctr_to_end(d: Dead, ref: str, cmd: list[str], create_only: bool) -> Dead:
     log = runtimes.workdir(d.name)
     log.mkdir(parents=True, exist_ok=True)
     runtimes.run(runtimes.ctr("run", "-d", "--label", "crashcart-test=1", "--log-uri",
-                              f"file://{log}/log", ref, d.name, *cmd))  # fmt: skip
+                              f"file://{log}/log", *extra, ref, d.name, *cmd))  # fmt: skip
     for _ in range(200):
         tasks = runtimes.run(runtimes.ctr("tasks", "ls")).stdout.split("\n")
         if any(t.split()[:1] == [d.name] and "STOPPED" in t for t in tasks):
@@ -481,3 +483,25 @@ def test_the_plans_say_what_they_do() -> None:
     replay = [s.what for s in session.replay_steps(layout, tty=False, share_net=True)]
     assert "setns net" in replay and any(w.startswith("unshare mnt uts ipc cgroup pid")
                                          for w in replay), replay  # fmt: skip
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_volumes_are_read_only_at_their_places(
+    runtime: str, crashy: Path, dead: list[Dead], toolbox: str, tmp_path: Path
+) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    os.chmod(tmp_path, 0o755)
+    if runtime == "containerd":
+        mount = f"type=bind,src={vol},dst=/data,options=rbind:rw"
+        d = run_to_end(dead, runtime, "sh", "-c", "echo in-volume > /data/f", extra=("--mount",
+                       mount))  # fmt: skip
+    else:
+        d = run_to_end(dead, runtime, "sh", "-c", "echo in-volume > /data/f",
+                       extra=("-v", f"{vol}:/data"))  # fmt: skip
+    assert (vol / "f").read_text() == "in-volume\n"
+    with nothing_left(d):
+        proc = ccrun.run(d.target, "--", "sh", "-c", "cat /target/data/f; touch /target/data/g")
+    assert ccrun.text(proc) == "in-volume\n", proc
+    assert b"Read-only file system" in proc.stderr and proc.returncode != 0, proc
+    assert sorted(os.listdir(vol)) == ["f"]

@@ -201,28 +201,23 @@ def pivot_to_copy(ctx: Context) -> None:
     ctx.target_tree = -1
 
 
-def own_dev(under: str) -> Step:
-    @step(f"tmpfs {under}/dev with crashcart's own standard nodes, toolbox at "
-          f"{under}/dev/crashcart")  # fmt: skip
-    def build_own_dev(ctx: Context) -> None:
-        """Nothing of the host's /dev and nothing the container's image put in its /dev:
-        null, zero, full, random, urandom, tty and the fd links, made here."""
-        fd = mountapi.fs_mount("tmpfs", {"mode": "0755", "size": "4m"}, libc.MOUNT_ATTR_NOEXEC)
-        path = f"{under}/dev"
-        _ensure_dir(path)
-        mountapi.attach(fd, libc.AT_FDCWD, path)
-        os.close(fd)
-        for name, (major, minor) in STANDARD_NODES.items():
-            os.mknod(f"{path}/{name}", 0o020666, os.makedev(major, minor))
-            os.chmod(f"{path}/{name}", 0o666)
-        for name, link in STANDARD_LINKS.items():
-            os.symlink(link, f"{path}/{name}")
-        os.mkdir(f"{path}/crashcart", 0o755)
-        toolbox = _toolbox_tree(ctx)
-        mountapi.attach(toolbox, libc.AT_FDCWD, f"{path}/crashcart")
-        os.close(toolbox)
-
-    return build_own_dev
+@step("tmpfs /dev with crashcart's own standard nodes, toolbox at /dev/crashcart")
+def own_dev(ctx: Context) -> None:
+    """Nothing of the host's /dev and nothing the container's image put in its /dev:
+    null, zero, full, random, urandom, tty and the fd links, made here."""
+    fd = mountapi.fs_mount("tmpfs", {"mode": "0755", "size": "4m"}, libc.MOUNT_ATTR_NOEXEC)
+    _ensure_dir("/dev")
+    mountapi.attach(fd, libc.AT_FDCWD, "/dev")
+    os.close(fd)
+    for name, (major, minor) in STANDARD_NODES.items():
+        os.mknod(f"/dev/{name}", 0o020666, os.makedev(major, minor))
+        os.chmod(f"/dev/{name}", 0o666)  # whatever the umask
+    for name, link in STANDARD_LINKS.items():
+        os.symlink(link, f"/dev/{name}")
+    os.mkdir("/dev/crashcart", 0o755)
+    toolbox = _toolbox_tree(ctx)
+    mountapi.attach(toolbox, libc.AT_FDCWD, "/dev/crashcart")
+    os.close(toolbox)
 
 
 def _toolbox_tree(ctx: Context) -> int:

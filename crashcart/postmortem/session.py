@@ -35,12 +35,14 @@ def _target(r: Record) -> Target:
     return Target(r.runtime, r.id, r.name, 0, r.image, r.namespace)
 
 
-def _keep(profile: str, extra: tuple[str, ...] = ()) -> int | None:
+def _keep(profile: str) -> int | None:
+    """The profiles of crashcart.attach.options, measured against what the container's
+    processes had (Docker's default set): a dead container has no bounding set to read."""
     if profile == "privileged":
         return None
     if profile == "restricted":
         return caps.mask(CONTAINER_CAPS)
-    return caps.mask(CONTAINER_CAPS + DEBUG_CAPS + extra)
+    return caps.mask(CONTAINER_CAPS + DEBUG_CAPS)
 
 
 def read_layered(r: Record, path: str) -> str | None:
@@ -112,7 +114,7 @@ def session_files(r: Record, found: cores.Cores) -> dict[str, bytes]:
 def postmortem_steps(layout: ownns.Layout, tty: bool) -> list[Step]:
     out = [ownns.keep_ns_dir(layout), ownns.overlay(layout), ownns.clone_mounts(layout),
            ownns.unshare_namespaces(), ownns.hostname(layout.hostname), mounts.pivot_to_toolbox,
-           mounts.attach_target, ownns.attach_mounts(layout, "/target"), ownns.own_dev(""),
+           mounts.attach_target, ownns.attach_mounts(layout, "/target"), ownns.own_dev,
            mounts.bind_dev_into_target, mounts.mount_tmp, ownns.write_files(layout)]  # fmt: skip
     if tty:
         out.append(mounts.allocate_pty)
@@ -133,8 +135,8 @@ def run_postmortem(r: Record, spec_text: str, opts: SessionOptions) -> int:
     except BaseException:
         toolbox.close()
         raise
-    env |= {"CRASHCART_MODE": "session", "CRASHCART_POSTMORTEM": RECORD_FILE,
-            "CRASHCART_TARGET_PID": "", **opts.env}  # fmt: skip
+    env.pop("CRASHCART_TARGET_PID", None)  # no process
+    env |= {"CRASHCART_MODE": "session", "CRASHCART_POSTMORTEM": RECORD_FILE, **opts.env}
     wd = opts.workdir or "/target" + (r.workdir.rstrip("/") if r.workdir.startswith("/") else "")
     prep = plans.prepare_unpinned(_target(r), toolbox, tty, (argv, env, wd),
                                   (uid, gid, _keep(opts.caps)),
@@ -177,7 +179,7 @@ def replay_steps(layout: ownns.Layout, tty: bool, share_net: bool = False) -> li
         out.append(mounts.join(("net",)))
     out += [ownns.unshare_namespaces(not share_net),
             ownns.hostname(layout.hostname, not share_net), ownns.pivot_to_copy,
-            ownns.attach_mounts(layout, "/"), ownns.own_dev("")]  # fmt: skip
+            ownns.attach_mounts(layout, "/"), ownns.own_dev]  # fmt: skip
     if tty:
         out.append(mounts.allocate_pty)
     return [*out, setup.AFTER_FORK, ownns.fresh_proc(layout, "/proc")]

@@ -26,7 +26,7 @@ import os
 import sys
 import time
 
-from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
+from crashcart.errors import EXIT_CRASHCART, CrashcartError, TargetError, UsageError
 from crashcart.jsonout import dumps
 
 TYPE_CHECKING = False
@@ -424,8 +424,12 @@ def around(args: Args, run: Callable[[Args, Target | None], int]) -> int:
     code, error = EXIT_CRASHCART, None
     try:
         try:
-            if args.target is not None:
+            if args.target is not None and not getattr(args, "replay", False):
                 target = _resolve(args)
+        except TargetError:
+            if args.action != "session":
+                raise
+            # no running container: the session looks for a dead one (post-mortem)
         finally:
             rec.start(target)
         code = run(args, target)

@@ -11,7 +11,12 @@ import os
 import sys
 
 from crashcart import __version__
-from crashcart.errors import EXIT_CRASHCART, CrashcartError, UsageError
+from crashcart.errors import EXIT_CRASHCART, CrashcartError, TargetError, UsageError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from crashcart.attach.options import SessionOptions
+    from crashcart.targets.model import Spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -25,6 +30,9 @@ USAGE = """\
 usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart -m|-u TARGET          mount / remove the toolbox at /dev/crashcart
        crashcart -e TARGET [-- CMD]    mount, run the runtime's own exec, unmount
+       crashcart --replay TARGET [-- TOOL [ARG...]]
+                                       run the container's entrypoint in a throwaway
+                                       copy of it, under TOOL (strace -f, gdb --args)
        crashcart ps [--json]           containers crashcart can reach
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
@@ -41,6 +49,11 @@ TARGET: a host PID, a container's name or full ID, or a unique prefix of a hex I
 Docker, Kubernetes (containerd's CRI), Podman, containerd, LXC, systemd-nspawn, crun or
 runc; docker://, k8s://[NS/]POD[/CONTAINER], podman://[POD/]NAME, containerd://[NS/]ID,
 lxc://, machine://, crun://, runc:// and pid:// force one runtime.
+
+A TARGET that exists but has no running process (exited, crashed, created) gets a
+post-mortem session: its files read-only at /target, namespaces of the session's own,
+its death record in /run/crashcart/postmortem.json, its last log lines in
+/run/crashcart/log. --replay also takes an image: --replay docker://IMAGE.
 
 options:
   -m, --mount         mount the toolbox at /dev/crashcart;  -u, --unmount: remove it
@@ -66,6 +79,11 @@ options:
   --privileged        same as --caps privileged
   --no-cgroup         do not join the target's cgroups (limits, accounting)
   --allow-host        allow a PID that is not in any container
+  --replay            run the target's own entrypoint+cmd, env, workdir and user in a
+                      copy (its writes go to a tmpfs), its own namespaces, the toolbox at
+                      /dev/crashcart; -- TOOL ARGS runs it under TOOL
+  --replay-net        with --replay of a running container: share its network
+                      namespace (default: the copy has lo only)
   --force             with -u: unmount even while sessions still use the toolbox
   -q, --quiet         no notes on stderr
   --record FILE       record the session to FILE as asciicast v2 (asciinema play
@@ -107,6 +125,8 @@ FLAGS = {
     "--force": ("force", True),
     "--json": ("json", True),
     "--record-input": ("record_input", True),
+    "--replay": ("replay", True),
+    "--replay-net": ("replay_net", True),
 }
 
 
@@ -134,6 +154,8 @@ class Args:
         self.json = False
         self.record: str | None = None
         self.record_input = False
+        self.replay = False
+        self.replay_net = False  # --replay: share the running original's network namespace
 
     def __repr__(self) -> str:
         return f"Args({vars(self)!r})"
@@ -208,6 +230,10 @@ def _check_combination(args: Args) -> None:
     if args.action == "session" and (args.json or args.force):
         raise UsageError(f"{'--json' if args.json else '--force'} is not an option of a session",
                          hint="--json goes with ps and status, --force with -u")  # fmt: skip
+    if args.replay_net and not args.replay:
+        raise UsageError("--replay-net goes with --replay")
+    if args.replay and args.action != "session":
+        raise UsageError(f"--replay cannot be combined with -{args.action[0]}")
     if args.action in ("mount", "unmount") and args.user is not None:
         raise UsageError(f"--user does not apply to -{args.action[0]}",
                          hint="the runtime's exec chooses the user of what runs from the "
@@ -332,8 +358,6 @@ def run_session(args: Args, target: Target | None = None) -> int:
     from crashcart.attach.options import SessionOptions, default_image
 
     assert args.target is not None
-    if target is None:
-        target = targets.resolve(targets.parse_spec(args.target, args.runtime))
     opts = SessionOptions(
         command=args.command,
         image=args.image or default_image(),
@@ -347,6 +371,17 @@ def run_session(args: Args, target: Target | None = None) -> int:
         quiet=args.quiet,
         debug=args.debug,
     )
+    if args.replay:
+        from crashcart.postmortem import lookup, session
+
+        found = lookup.find_replay(args.target, args.runtime)
+        return session.run_replay(found, args.target, opts, args.replay_net)
+    if target is None:
+        spec = targets.parse_spec(args.target, args.runtime)
+        try:
+            target = targets.resolve(spec)
+        except TargetError as e:
+            return _postmortem(spec, opts, e)
     if args.record is None:
         return attach(target, args.target, opts)
     if not wants_tty(opts):
@@ -358,6 +393,23 @@ def run_session(args: Args, target: Target | None = None) -> int:
         return attach(target, args.target, opts)
     finally:
         record.stop()
+
+
+def _postmortem(spec: Spec, opts: SessionOptions, error: TargetError) -> int:
+    """A target that exists but has no running process gets a post-mortem session."""
+    from crashcart.errors import AmbiguousTarget
+
+    if isinstance(error, AmbiguousTarget) or spec.runtime in ("pid", "runc"):
+        raise error
+    from crashcart.postmortem import lookup, session
+
+    record = lookup.find_dead(spec)
+    if record is None:
+        if str(error).startswith("no running container matches"):
+            # Stopped containers were searched too: say so.
+            raise TargetError(f"{error}; no stopped one either", hint=error.hint) from None
+        raise error
+    return session.run_postmortem(record, spec.text, opts)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,15 @@ import sys
 from crashcart.errors import UsageError
 
 SHELLS = ("bash", "zsh", "fish")
-PREFIXES = ("docker://", "podman://", "containerd://", "runc://", "pid://")
+
+
+def _prefixes() -> tuple[str, ...]:
+    from crashcart.targets.model import RUNTIMES
+
+    return tuple(f"{name}://" for name in (*RUNTIMES, "pid"))
+
+
+PREFIXES = _prefixes()
 FILE_VALUES = ("--image", "--record")
 SUBCOMMANDS = {
     "ps": "list the containers crashcart can reach",

@@ -34,7 +34,7 @@ PSEUDO_FS = {0x9FA0: "procfs", 0x62656572: "sysfs", 0x27E0EB: "cgroup", 0x636772
 class Prepared:
     """Everything opened for a session, and its plan."""
 
-    def __init__(self, target: Target, pinned: PinnedTarget, ctx: Context,
+    def __init__(self, target: Target, pinned: PinnedTarget | Unpinned, ctx: Context,
                  host_sock: _socket.socket, report_r: int, go_w: int, cgroup_fds: list[int],
                  plan: list[Step], final: list[Step],
                  toolbox: mountapi.ImageMount | None) -> None:  # fmt: skip
@@ -344,3 +344,53 @@ def _context(target: Target, spec_text: str, opts: SessionOptions, tty: bool,
     ctx.fallback_dir = "/" if opts.in_place else "/target"
     ctx.extra_caps = caps.mask(("kill",) + (("setuid", "setgid") if opts.user else ()))
     return ctx
+
+
+class Unpinned:
+    """A target with no process to pin (post-mortem, replay): nothing to join, nothing
+    that can exit under the session; stands where a PinnedTarget does."""
+
+    def __init__(self, target: Target, nss: ns.Namespaces | None = None) -> None:
+        self.target = target
+        self.nss = nss or ns.Namespaces()  # namespaces to join all the same (--replay-net)
+        self.root_fd = -1
+        self.info = TargetInfo("", [], True, None, "/", 0, 1)
+
+    def alive(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.nss.close()
+
+
+def prepare_unpinned(target: Target, toolbox: mountapi.ImageMount, tty: bool,
+                     command: tuple[list[str], dict[str, str], str],
+                     ids: tuple[int, int, int | None], plan: list[Step],
+                     nss: ns.Namespaces | None = None) -> Prepared:  # fmt: skip
+    """A session with namespaces of its own (crashcart.attach.ownns): `command` is argv,
+    environment and working directory; `ids` uid, gid and the capability bounding set
+    (None: all); `nss` what it joins all the same. Takes ownership of `toolbox`, `nss`."""
+    pinned = Unpinned(target, nss)
+    try:
+        host_sock, child_sock = _socket.socketpair(
+            _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
+        )
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        go_r, go_w = os.pipe2(os.O_CLOEXEC)
+    except BaseException:
+        toolbox.close()
+        pinned.close()
+        raise
+    argv, env, wd = command
+    uid, gid, keep = ids
+    ctx = Context(
+        nss=pinned.nss, root_fd=-1, toolbox_fd=toolbox.fd, sock=child_sock,
+        report_w=report_w, go_r=go_r, tty=tty, argv=argv, env=env, workdir=wd, uid=uid,
+        gid=gid, groups=[], keep_caps=keep, label=None, pid_inside=1, start_time=0,
+    )  # fmt: skip
+    ctx.fallback_dir = "/"
+    # CAP_SYS_ADMIN stays with the setup process past the drop to the profile: it mounts
+    # the new pid namespace's procfs after the fork; the command never holds it.
+    ctx.extra_caps = caps.mask(("kill", "setuid", "setgid", "sys_admin"))
+    return Prepared(target, pinned, ctx, host_sock, report_r, go_w, [], plan,
+                    final_steps(), toolbox)  # fmt: skip

@@ -30,6 +30,15 @@ SUPERVISOR_TITLE = "crashcart: session supervisor for "
 REAP_OK = sig.SIGUSR1
 
 
+def _nothing(ctx: Context) -> None:
+    pass
+
+
+# In a plan, the steps after this one run in the setup process once the supervisor exists
+# (a session with a pid namespace of its own: its procfs needs that namespace's PID 1).
+AFTER_FORK = Step("fork the supervisor; then, in the setup process:", _nothing)
+
+
 def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
                stdio: list[int], areas: tuple[int, int, int, int]) -> NoReturn:  # fmt: skip
     """The setup process's whole life; never returns into the host's code."""
@@ -48,14 +57,23 @@ def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
         for signum in (sig.SIGPIPE, sig.SIGXFSZ, *child.FORWARDED):
             sig.handle(signum, sig.SIG_DFL)  # Python ignores SIGPIPE; exec keeps ignores
         _install_stdio(stdio)
-        child.run_plan(ctx, plan)
+        before, after = split_plan(plan)
+        child.run_plan(ctx, before)
         faults.point("session:after-setup")
-        code = _start_supervisor(ctx, final, title, areas)
+        code = _start_supervisor(ctx, final, title, areas, after)
     except StepFailed as e:
         _failed(ctx.sock, e.code, f"failed to attach: {e}")
     except BaseException as e:  # noqa: BLE001 - the child must never unwind into the host's code
         _failed(ctx.sock, EXIT_CRASHCART, f"failed to attach: {e!r}")
     os._exit(code)
+
+
+def split_plan(plan: list[Step]) -> tuple[list[Step], list[Step]]:
+    """The steps before the supervisor's fork, and those after it (see AFTER_FORK)."""
+    if AFTER_FORK not in plan:
+        return plan, []
+    i = plan.index(AFTER_FORK)
+    return plan[:i], plan[i + 1 :]
 
 
 def _install_stdio(stdio: list[int]) -> None:
@@ -91,7 +109,7 @@ def _session_null() -> None:
 
 
 def _start_supervisor(ctx: Context, final: list[Step], title: str,
-                      areas: tuple[int, int, int, int]) -> int:  # fmt: skip
+                      areas: tuple[int, int, int, int], after: list[Step]) -> int:  # fmt: skip
     if ctx.tty:
         _session_null()
     _enter_pid_and_user(ctx)
@@ -99,8 +117,10 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     _drop_privileges(ctx)
     # Nothing the supervisor inherits may lead to the host: the socket goes now (the host
     # reads its EOF as "setup done") and from here on the setup process speaks to the host
-    # by signals and by its exit status only.
-    ctx.sock.close()
+    # by signals and by its exit status only. A plan with steps after the fork (a session
+    # with namespaces of its own: no container sees it) keeps it until they are done.
+    if not after:
+        ctx.sock.close()
     faults.point("session:before-supervisor")
     try:
         pid = os.fork()
@@ -109,10 +129,19 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     if pid == 0:
         code = EXIT_CRASHCART
         try:
+            ctx.sock.close()
             sig.unblock(REAP_OK)
             code = child.supervisor_main(ctx, final)
         finally:
             os._exit(code)
+    if after:
+        try:
+            child.run_plan(ctx, after)  # the supervisor waits for the host's go, after EOF
+        except StepFailed as e:
+            procfs.kill_quietly(pid)
+            _failed(ctx.sock, e.code, f"failed to attach: {e}")
+            raise
+        ctx.sock.close()
     for fd in (ctx.report_w, ctx.pty_slave, ctx.go_r):
         if fd >= 0:
             os.close(fd)

@@ -1,0 +1,99 @@
+"""Core dumps of a container's processes, where the host keeps them.
+
+The kernel writes a core whose core_pattern is a path (absolute, or relative: the crashing
+process's cwd) in the *crashing process's* mount namespace: a container's cores land in its
+own filesystem, that is in its writable layer, which the post-mortem session shows at
+/target. The layer is scanned for ELF core files, so a pattern changed since the crash
+does not hide them. A pattern starting with `|` pipes the core to a program: systemd-coredump keeps
+them in its journal (`coredumpctl`), anything else is not crashcart's to find.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from crashcart.postmortem.record import Record
+from crashcart.text import shell_line
+
+PATTERN = "/proc/sys/kernel/core_pattern"
+MAX_CORES = 20
+
+
+class Cores:
+    def __init__(self, pattern: str, files: list[str], how: str, binary: str) -> None:
+        self.pattern = pattern
+        self.files = files  # paths in the session (/target/...)
+        self.how = how  # why none are listed, or where they come from
+        self.binary = binary
+
+    def summary(self) -> list[str]:
+        if not self.files:
+            return [f"cores: {self.how}"]
+        lines = [f"cores ({self.how}): {', '.join(self.files)}"]
+        cmd = ["gdb", "-ex", "set sysroot /target", self.binary or "/target/BINARY",
+               self.files[-1]]  # fmt: skip
+        lines.append(f"open one with: {shell_line(cmd)}")
+        return lines
+
+    def as_json(self) -> dict[str, object]:
+        return {"core_pattern": self.pattern, "files": self.files, "note": self.how}
+
+
+def find(r: Record, pattern_file: str = PATTERN) -> Cores:
+    try:
+        with open(pattern_file) as f:
+            pattern = f.read(4096).strip()
+    except OSError:
+        return Cores("", [], "not kept (core_pattern unreadable)", "")
+    binary = _binary(r)
+    if pattern.startswith("|"):
+        if "systemd-coredump" in pattern:
+            how = (f"kept by systemd-coredump: `coredumpctl list {r.short_id}` on the host, "
+                   "`coredumpctl debug PID` to open one")  # fmt: skip
+        else:
+            how = f"not kept as files: core_pattern pipes them to {pattern[1:].split()[0]}"
+        return Cores(pattern, [], how, binary)
+    if not r.upper:
+        return Cores(pattern, [], "not kept (no writable layer)", binary)
+    files = scan(r.upper)
+    if files:
+        return Cores(pattern, files, "in the container's writable layer", binary)
+    how = f"none in the container's writable layer (core_pattern now {pattern!r}"
+    return Cores(pattern, [], how + "; a container's RLIMIT_CORE is often 0)", binary)
+
+
+def scan(upper: str, limit: int = 20000) -> list[str]:
+    """ELF core files (e_type ET_CORE) anywhere in the writable layer, whatever pattern
+    named them when they were written: the layer holds only what the container wrote."""
+    found: list[str] = []
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(upper):
+        dirnames.sort()
+        for name in sorted(filenames):
+            seen += 1
+            if seen > limit:
+                return found
+            path = os.path.join(dirpath, name)
+            if _is_core(path):
+                found.append("/target" + path[len(upper.rstrip("/")) :])
+    return found[-MAX_CORES:]
+
+
+def _is_core(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        head = os.pread(fd, 18, 0)
+    finally:
+        os.close(fd)
+    return len(head) == 18 and head[:4] == b"\x7fELF" and int.from_bytes(head[16:18], "little") == 4
+
+
+def _binary(r: Record) -> str:
+    argv = r.argv()
+    return f"/target{argv[0]}" if argv and argv[0].startswith("/") else ""

@@ -61,6 +61,7 @@ class Context:
         self.proc_tree = -1  # detached procfs of the target's pid namespace
         self.pty_slave = -1
         self.notes: list[str] = []  # said on the host's stderr before the session starts
+        self.host_pid = 0  # crashcart's host process, the setup process's parent
 
     def fds(self) -> list[int]:
         """Every fd the setup process needs (closed one by one as it stops needing them)."""

@@ -31,11 +31,7 @@ STOPPED_GRACE = 2.0  # after the command's output ended, how long a stopped supe
 KILL_GRACE = 2.0  # after SIGKILL, how long to wait for a process that may be frozen
 
 
-def setup_timeout() -> float:
-    try:
-        return max(0.5, float(os.environ.get("CRASHCART_SETUP_TIMEOUT", "30")))
-    except ValueError:
-        return 30.0
+setup_timeout = setup.setup_timeout
 
 
 def wants_tty(opts: SessionOptions) -> bool:

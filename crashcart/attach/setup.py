@@ -30,6 +30,14 @@ SUPERVISOR_TITLE = "crashcart: session supervisor for "
 REAP_OK = sig.SIGUSR1
 
 
+def setup_timeout() -> float:
+    """How long a session's setup may take ($CRASHCART_SETUP_TIMEOUT, seconds)."""
+    try:
+        return max(0.5, float(os.environ.get("CRASHCART_SETUP_TIMEOUT", "30")))
+    except ValueError:
+        return 30.0
+
+
 def _nothing(ctx: Context) -> None:
     pass
 
@@ -45,6 +53,7 @@ def setup_main(ctx: Context, plan: list[Step], final: list[Step], title: str,
     code = EXIT_CRASHCART
     try:
         libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+        ctx.host_pid = os.getppid()
         sig.block(REAP_OK)  # the host's "I hold the supervisor's pidfd" waits here, pending
         faults.point("session:setup-start")
         os.setsid()  # no controlling terminal: nothing after us can reach the operator's
@@ -115,6 +124,11 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
     _enter_pid_and_user(ctx)
     _scrub(title, areas)
     _drop_privileges(ctx)
+    # A change of credentials (setns(user), the capability drop) clears the parent-death
+    # signal: arm it again, and make sure crashcart did not die in between.
+    libc.prctl(libc.PR_SET_PDEATHSIG, sig.SIGKILL)
+    if os.getppid() != ctx.host_pid:
+        return EXIT_CRASHCART
     # Nothing the supervisor inherits may lead to the host: the socket goes now (the host
     # reads its EOF as "setup done") and from here on the setup process speaks to the host
     # by signals and by its exit status only. A plan with steps after the fork (a session
@@ -186,7 +200,8 @@ def _watch(pid: int) -> int:
     """Wait until the host holds the supervisor's pidfd (it finds the supervisor among our
     children and sends REAP_OK: until we reap it, its PID cannot be reused), then wait for
     it and end the way it ended, so our exit status is its exit status."""
-    sig.wait(REAP_OK)
+    if not sig.wait(REAP_OK, setup_timeout() + 30):  # crashcart is gone or stuck: end it all
+        procfs.kill_quietly(pid)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:

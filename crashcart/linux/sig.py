@@ -41,6 +41,6 @@ def unblock(signum: int) -> None:
     _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {signum})
 
 
-def wait(signum: int) -> None:
-    """Until `signum` (blocked by the caller) is delivered."""
-    _signal.sigwait({signum})
+def wait(signum: int, timeout: float) -> bool:
+    """Until `signum` (blocked by the caller) is delivered (True), or `timeout` seconds."""
+    return _signal.sigtimedwait({signum}, timeout) is not None

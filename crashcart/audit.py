@@ -39,7 +39,8 @@ if TYPE_CHECKING:
 
 CONFIG = "/etc/crashcart/crashcart.conf"
 DEFAULT_DIR = "/var/log/crashcart"
-DEFAULT_IMAGE = "/var/lib/crashcart/crashcart.img"
+from crashcart.defaults import default_image  # noqa: E402
+
 LOG_NAME = "audit.log"
 DIGESTS = "toolbox-digests"
 AUDITED = ("session", "mount", "unmount", "exec", "cleanup")
@@ -349,7 +350,7 @@ class Run:
         self.refused = False
         if args.action in WITH_TOOLBOX:
             # crashcart.attach.options.default_image(), not imported: attach is not ours
-            image = args.image or os.environ.get("CRASHCART_IMAGE") or DEFAULT_IMAGE
+            image = args.image or default_image()
             self.image = os.path.abspath(image)
 
     def start(self, target: Target | None) -> None:

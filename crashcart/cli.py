@@ -314,7 +314,7 @@ def run(args: Args) -> int:
         return _operator_tool(args)
     require_root()
     if args.action == "ps":
-        from crashcart.report import print_ps
+        from crashcart.ps import print_ps
 
         return print_ps(args.json)
     if args.action == "session" and args.join_cgroup:
@@ -345,7 +345,7 @@ def _operator_tool(args: Args) -> int:
 
 def _dispatch(args: Args, target: Target | None) -> int:
     if args.action in ("status", "cleanup", "mount", "unmount", "exec"):
-        from crashcart.sideload.cli import run_sideload
+        from crashcart.sideload.commands import run_sideload
 
         return run_sideload(args)
     return run_session(args, target)

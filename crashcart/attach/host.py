@@ -13,6 +13,7 @@ from crashcart import faults
 from crashcart.attach import plan, record, relay, setup, wire
 from crashcart.attach.child import SIG_END
 from crashcart.attach.options import SessionOptions
+from crashcart.defaults import SUPERVISOR_TITLE  # noqa: E402
 from crashcart.errors import (
     EXIT_CANNOT_EXECUTE,
     EXIT_NOT_FOUND,
@@ -25,7 +26,6 @@ from crashcart.linux import libc, procfs, proctitle, sig, terminal
 from crashcart.targets.model import Target
 from crashcart.text import printable, safe_output
 
-SUPERVISOR_TITLE = setup.SUPERVISOR_TITLE
 FORWARDED = (sig.SIGINT, sig.SIGTERM, sig.SIGHUP, sig.SIGQUIT, sig.SIGUSR1, sig.SIGUSR2)
 STOPPED_GRACE = 2.0  # after the command's output ended, how long a stopped supervisor may lag
 KILL_GRACE = 2.0  # after SIGKILL, how long to wait for a process that may be frozen

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
+from crashcart.defaults import DEFAULT_IMAGE, default_image
 
-DEFAULT_IMAGE = "/var/lib/crashcart/crashcart.img"
+__all__ = ["DEFAULT_IMAGE", "default_image", "SessionOptions", "PROFILES", "DEBUG_CAPS"]
+
 SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 RC_FILE = "/.crashcartrc"
 
@@ -20,10 +21,6 @@ DEBUG_CAPS = (
     "sys_ptrace", "net_raw", "net_admin", "dac_override", "kill", "setuid", "setgid",
     "chown", "fowner", "sys_chroot",
 )  # fmt: skip
-
-
-def default_image() -> str:
-    return os.environ.get("CRASHCART_IMAGE") or DEFAULT_IMAGE
 
 
 class SessionOptions:

@@ -26,7 +26,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NoReturn
 
-SUPERVISOR_TITLE = "crashcart: session supervisor for "
+
 REAP_OK = sig.SIGUSR1
 
 

@@ -18,12 +18,12 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from crashcart.defaults import DEFAULT_IMAGE as DEFAULT_OUTPUT  # noqa: E402
 from crashcart.errors import ImageError
 from crashcart.image import bootstrap, layout, manifest, oci, pack, relocate, rootpath, trim
 from crashcart.image.progress import Progress
 from crashcart.image.recipe import Recipe, Tool, load_recipe
 
-DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
 WORK_BASE = "/var/tmp"
 # Measured peak of the default recipe: ~750 MB unpacked before trimming, plus the image.
 MIN_WORK_SPACE = 1536 << 20

@@ -10,9 +10,8 @@ import json
 import sys
 from typing import NoReturn
 
+from crashcart.defaults import DEFAULT_IMAGE as DEFAULT_OUTPUT  # noqa: E402
 from crashcart.errors import CrashcartError, UsageError
-
-DEFAULT_OUTPUT = "/var/lib/crashcart/crashcart.img"
 
 RECIPE_HELP = """\
 recipes:

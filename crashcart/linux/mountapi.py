@@ -108,7 +108,7 @@ def _finish(fd: int, fmt: str, loop_device: str | None) -> ImageMount:
     return ImageMount(fd, fmt, loop_device)
 
 
-def clone_tree(dirfd: int, path: str, recursive: bool = True) -> int:
+def clone_tree(dirfd: int, path: str, *, recursive: bool = True) -> int:
     """A detached copy of the mount tree at dirfd/path (a bind mount, not yet attached)."""
     flags = libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC | libc.AT_SYMLINK_NOFOLLOW
     if recursive:

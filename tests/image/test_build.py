@@ -62,7 +62,7 @@ def test_info_reads_erofs_without_sidecar(minimal_image: Path, tmp_path: Path) -
     info = _cli("info", str(copy))
     assert info.returncode == 0, info.stderr
     assert "recipe:     minimal" in info.stdout and "format:     erofs" in info.stdout
-    assert "tools (9):" in info.stdout
+    assert "tools (10):" in info.stdout
     assert loop_devices_for(copy) == ""
 
 

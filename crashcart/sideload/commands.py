@@ -8,7 +8,7 @@ import sys
 
 from crashcart import targets
 from crashcart.attach.options import default_image
-from crashcart.attach.setup import SUPERVISOR_TITLE
+from crashcart.defaults import SUPERVISOR_TITLE
 from crashcart.errors import CrashcartError, SideloadError
 from crashcart.linux import procfs
 from crashcart.sideload import ops, state

@@ -116,13 +116,19 @@ def private_mount_namespace(ctx: Context) -> None:
 def pivot_to_toolbox(ctx: Context) -> None:
     """Stack the toolbox on / and pivot into it; the old root (which, for chroot-based
     runtimes, holds the host's filesystems) is detached, not merely hidden."""
-    libc.move_mount(ctx.toolbox_fd, "", libc.AT_FDCWD, "/", libc.MOVE_MOUNT_F_EMPTY_PATH)
-    os.fchdir(ctx.toolbox_fd)
+    pivot_onto(ctx.toolbox_fd)
+    ctx.toolbox_fd = -1
+
+
+def pivot_onto(tree: int) -> None:
+    """Stack the detached mount `tree` on /, pivot into it, detach the old root; `tree`
+    is consumed (closed)."""
+    libc.move_mount(tree, "", libc.AT_FDCWD, "/", libc.MOVE_MOUNT_F_EMPTY_PATH)
+    os.fchdir(tree)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
-    os.close(ctx.toolbox_fd)
-    ctx.toolbox_fd = -1
+    os.close(tree)
 
 
 @step("attach the target's root at /target")

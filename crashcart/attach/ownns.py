@@ -20,6 +20,7 @@ import fcntl
 import os
 import struct
 
+from crashcart.attach import mounts
 from crashcart.attach.context import Context, Step, step
 from crashcart.attach.mounts import PROC_ATTRS, STANDARD_LINKS, STANDARD_NODES
 from crashcart.linux import libc, mountapi
@@ -192,12 +193,7 @@ def _attach_inside(ctx: Context, base: int, fd: int, dest: str) -> None:
 
 @step("pivot_root into the copy of the container (the old root detached)")
 def pivot_to_copy(ctx: Context) -> None:
-    libc.move_mount(ctx.target_tree, "", libc.AT_FDCWD, "/", libc.MOVE_MOUNT_F_EMPTY_PATH)
-    os.fchdir(ctx.target_tree)
-    libc.pivot_root(".", ".")
-    libc.umount2(".", libc.MNT_DETACH)
-    os.chdir("/")
-    os.close(ctx.target_tree)
+    mounts.pivot_onto(ctx.target_tree)
     ctx.target_tree = -1
 
 

@@ -211,14 +211,14 @@ def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
         mounts = state.toolbox_mounts(entries, anywhere=True)
         record = state.read_record(f"mnt-{ino}")
         if record and not mounts and not state.record_is_current(record, f"mnt-{ino}"):
-            record = {}  # a dead namespace's record whose inode number was reused
+            record = None  # a dead namespace's record whose inode number was reused
         if mounts or record:
             rows.append(
                 {
                     "target": t.ref, "runtime": t.runtime, "name": t.name,
-                    "mounted": bool(mounts), "image": record.get("image", "?"),
+                    "mounted": bool(mounts), "image": record.image if record else "?",
                     "at": [m.point for m in mounts],
-                    "since": record.get("since", "?"),
+                    "since": record.since if record else "?",
                     "exec_users": state.live_leases(record) if record else [],
                 }
             )  # fmt: skip

@@ -146,9 +146,9 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
     if state.toolbox_mounts(entries):
         record = trusted_record(o, mounted=True) or _new_record(o, "?", False)
         if lease:
-            record["leases"] = [*_leases(record), state.lease_for_self()]
+            record.leases.append(state.lease_for_self())
         else:
-            record["by_exec"] = False  # -m: it stays until -u, whoever mounted it
+            record.by_exec = False  # -m: it stays until -u, whoever mounted it
         state.write_record(o.key, record)
         return False
     check_dev(entries, int(o.key.removeprefix("mnt-")))
@@ -158,9 +158,9 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         # Written before the container is touched: a run killed after the mkdir leaves
         # "pending", which tells `crashcart cleanup` the directory is ours to remove.
         record = _new_record(o, os.path.realpath(image), "pending")
-        record["by_exec"] = lease
+        record.by_exec = lease
         if lease:
-            record["leases"] = [state.lease_for_self()]
+            record.leases = [state.lease_for_self()]
         state.write_record(o.key, record)
         faults.point("mount:after-record")
         try:
@@ -173,23 +173,21 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         faults.point("mount:after-attach")
     finally:
         toolbox.close()
-    record["created_dir"] = bool(times)
+    record.created_dir = bool(times)
     if times:
-        record["dev_times"] = times
+        record.dev_times = times
     state.write_record(o.key, record)
     return True
 
 
-def _new_record(o: Opened, image: str, created: bool | str) -> dict[str, object]:
+def _new_record(o: Opened, image: str, created: bool | str) -> state.Record:
     t = o.target
-    return {
-        "target": t.ref, "runtime": t.runtime, "name": t.name, "pid": t.pid,
-        "pid_start": o.start_time, "image": image, "since": state.now(),
-        "created_dir": created, "leases": [],
-    }  # fmt: skip
+    record = state.Record(t.ref, t.runtime, t.name, t.pid, o.start_time, image, state.now())
+    record.created_dir = created
+    return record
 
 
-def trusted_record(o: Opened, mounted: bool) -> dict[str, object]:
+def trusted_record(o: Opened, mounted: bool) -> state.Record | None:
     """The record of the target's mount namespace, if it is about *this* namespace.
 
     Records are keyed by the namespace's inode number, which the kernel reuses once a
@@ -200,13 +198,8 @@ def trusted_record(o: Opened, mounted: bool) -> dict[str, object]:
     record = state.read_record(o.key)
     if record and not (mounted or state.record_is_current(record, o.key)):
         state.drop_record(o.key)
-        return {}
+        return None
     return record
-
-
-def _leases(record: dict[str, object]) -> list[object]:
-    leases = record.get("leases")
-    return list(leases) if isinstance(leases, list) else []
 
 
 def exec_with_toolbox(
@@ -255,11 +248,9 @@ def _leave(o: Opened, mounted_here: bool) -> str | None:
     me = os.getpid()
     record = state.read_record(o.key)
     if record:
-        record["leases"] = [
-            x for x in _leases(record) if not (isinstance(x, list) and x[:1] == [me])
-        ]
+        record.leases = [x for x in record.leases if x[0] != me]
         state.write_record(o.key, record)
-    if not record.get("by_exec", mounted_here):
+    if not (record.by_exec if record else mounted_here):
         return None
     try:
         _unmount_locked(o, force=False, exclude_lease=me)
@@ -346,8 +337,8 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
         message = printable(message)
         if busy == [1]:
             message = "unmounted lazily; still in use by a process crashcart cannot see"
-    if record.get("created_dir") in (True, "pending"):
-        times = record.get("dev_times")
-        o.run(lambda: incontainer.remove_point(times if isinstance(times, list) else None))
+    if record and record.created_dir in (True, "pending"):
+        times = record.dev_times
+        o.run(lambda: incontainer.remove_point(times))
     state.drop_record(o.key)
     return message

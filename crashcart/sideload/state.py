@@ -106,20 +106,71 @@ def _record_path(key: str) -> str:
     return os.path.join(_dir(), f"{key}.json")
 
 
-def read_record(key: str) -> dict[str, object]:
+class Record:
+    """What crashcart remembers about a toolbox it mounted in one mount namespace."""
+
+    __slots__ = ("target", "runtime", "name", "pid", "pid_start", "image", "since",
+                 "created_dir", "by_exec", "leases", "dev_times")  # fmt: skip
+
+    def __init__(self, target: str = "?", runtime: str = "?", name: str = "?", pid: int = 0,
+                 pid_start: int = -1, image: str = "?", since: str = "?") -> None:  # fmt: skip
+        self.target = target
+        self.runtime = runtime
+        self.name = name
+        self.pid = pid  # a process of the namespace, and its start time: see is_current
+        self.pid_start = pid_start
+        self.image = image
+        self.since = since
+        # True: crashcart made /dev/crashcart; "pending": it is about to (a run killed
+        # after the mkdir leaves this, which tells cleanup the directory is ours).
+        self.created_dir: bool | str = False
+        self.by_exec = False  # mounted by an -e: the last -e out removes it
+        self.leases: list[list[int]] = []  # [pid, start time] of -e runs using it
+        self.dev_times: list[int] | None = None  # /dev's atime, mtime, mtime after mkdir
+
+    def to_json(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+    @classmethod
+    def from_json(cls, data: object) -> Record | None:
+        """A record read back, every field checked (anything malformed: no record)."""
+        if not isinstance(data, dict):
+            return None
+        r = cls()
+        for name in ("target", "runtime", "name", "image", "since"):
+            if isinstance(data.get(name), str):
+                setattr(r, name, data[name])
+        for name in ("pid", "pid_start"):
+            if isinstance(data.get(name), int) and not isinstance(data.get(name), bool):
+                setattr(r, name, data[name])
+        created = data.get("created_dir")
+        r.created_dir = created if created in (True, False, "pending") else False
+        r.by_exec = data.get("by_exec") is True
+        leases = data.get("leases")
+        r.leases = [
+            [int(x[0]), int(x[1])] for x in (leases if isinstance(leases, list) else [])
+            if isinstance(x, list) and len(x) == 2 and all(isinstance(v, int) for v in x)
+        ]  # fmt: skip
+        times = data.get("dev_times")
+        if isinstance(times, list) and len(times) == 3 and all(isinstance(v, int) for v in times):
+            r.dev_times = list(times)
+        return r
+
+
+def read_record(key: str) -> Record | None:
     try:
         with open(_record_path(key)) as f:
             data = json.load(f)
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return Record.from_json(data)
 
 
-def write_record(key: str, record: dict[str, object]) -> None:
+def write_record(key: str, record: Record) -> None:
     path = _record_path(key)
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f)
+        json.dump(record.to_json(), f)
     os.replace(tmp, path)
 
 
@@ -131,7 +182,7 @@ def drop_record(key: str) -> None:
             pass
 
 
-def records() -> dict[str, dict[str, object]]:
+def records() -> dict[str, Record | None]:
     out = {}
     try:
         names = os.listdir(STATE_DIR)
@@ -143,35 +194,28 @@ def records() -> dict[str, dict[str, object]]:
     return out
 
 
-def live_leases(record: dict[str, object]) -> list[int]:
+def live_leases(record: Record | None) -> list[int]:
     """PIDs of `crashcart -e` runs registered as users that are still alive (same start
     time as when they registered, so a recycled PID does not count)."""
     alive = []
-    leases = record.get("leases")
-    for lease in leases if isinstance(leases, list) else []:
-        if not isinstance(lease, list) or len(lease) != 2:
-            continue
-        pid, start = lease
+    for pid, start in record.leases if record else []:
         try:
             stat = procfs.read_text(f"{procfs.PROC}/{pid}/stat")
         except OSError:
             continue
         if procfs.start_time(stat) == start:
-            alive.append(int(pid))
+            alive.append(pid)
     return alive
 
 
-def record_is_current(record: dict[str, object], key: str) -> bool:
+def record_is_current(record: Record, key: str) -> bool:
     """The process the record names still runs (same start time) in namespace `key`."""
-    pid, start = record.get("pid"), record.get("pid_start")
-    if not isinstance(pid, int) or not isinstance(start, int):
-        return False
     try:
-        stat = procfs.read_text(f"{procfs.PROC}/{pid}/stat")
-        current = mnt_ns_key(pid)
+        stat = procfs.read_text(f"{procfs.PROC}/{record.pid}/stat")
+        current = mnt_ns_key(record.pid)
     except OSError:
         return False
-    return procfs.start_time(stat) == start and current == key
+    return procfs.start_time(stat) == record.pid_start and current == key
 
 
 def lease_for_self() -> list[int]:

@@ -137,7 +137,9 @@ def test_stale_record_of_a_dead_namespace_is_never_acted_upon(
         "created_dir": True,
         "leases": [],
     }
-    state.write_record(key, forged)  # fmt: skip
+    record = state.Record.from_json(forged)
+    assert record is not None
+    state.write_record(key, record)
     try:
         with leakcheck(c):
             status = ccrun.run("status", "--json")

@@ -10,6 +10,7 @@ from crashcart import pinned, text
 from crashcart.attach import plan
 from crashcart.errors import UsageError
 from crashcart.linux import cgroups, mountinfo, ns
+from crashcart.sideload import state
 
 DOCKER_MOUNTINFO = """\
 1065 886 0:96 / / rw,relatime master:500 - overlay overlay rw,lowerdir=/l,upperdir=/u
@@ -134,3 +135,15 @@ def test_cgroup_mounts_match_controller_sets() -> None:
     assert cgroups.find(found, "cpuacct,cpu") == "/sys/fs/cgroup/cpu,cpuacct"
     assert cgroups.find(found, "") == "/sys/fs/cgroup/unified"
     assert cgroups.find(found, "memory") is None
+
+
+def test_records_read_back_only_what_is_well_formed() -> None:
+    r = state.Record.from_json({"pid": 7, "pid_start": 3, "leases": [[1, 2], ["x", 3], [4]],
+                                "created_dir": "pending", "dev_times": [1, 2, 3],
+                                "by_exec": True, "image": 5})  # fmt: skip
+    assert r is not None and (r.pid, r.pid_start, r.leases) == (7, 3, [[1, 2]])
+    assert r.created_dir == "pending" and r.dev_times == [1, 2, 3] and r.by_exec
+    assert r.image == "?"  # not a string: the default
+    assert state.Record.from_json(["not", "a", "record"]) is None
+    back = state.Record.from_json(r.to_json())
+    assert back is not None and back.to_json() == r.to_json()

@@ -345,9 +345,18 @@ def _operator_tool(args: Args) -> int:
 
 def _dispatch(args: Args, target: Target | None) -> int:
     if args.action in ("status", "cleanup", "mount", "unmount", "exec"):
+        from crashcart.attach.options import SessionOptions
         from crashcart.sideload.commands import run_sideload
 
-        return run_sideload(args)
+        opts = SessionOptions(
+            command=args.command, tty=args.tty, env=args.env, user=args.user, caps=args.caps,
+            join_cgroup=args.join_cgroup, quiet=args.quiet, debug=args.debug,
+        )  # fmt: skip
+        return run_sideload(
+            args.action, args.target, runtime=args.runtime, image=args.image,
+            allow_host=args.allow_host, force=args.force, quiet=args.quiet, as_json=args.json,
+            exec_opts=opts,
+        )  # fmt: skip
     return run_session(args, target)
 
 

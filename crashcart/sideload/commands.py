@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from crashcart import targets
-from crashcart.attach.options import default_image
+from crashcart.attach.options import SessionOptions, default_image
 from crashcart.defaults import SUPERVISOR_TITLE
 from crashcart.errors import CrashcartError, SideloadError
 from crashcart.linux import procfs
@@ -18,8 +18,6 @@ from crashcart.text import printable, shell_line
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-
-    from crashcart.cli import Args
 
 SHELL = "/dev/crashcart/shell"
 RUN_WITH_RC = '. /dev/crashcart/.crashcartrc >/dev/null 2>&1; exec "$@"'
@@ -68,38 +66,40 @@ def usage_hint(t: Target, paused: bool = False) -> str:
     )
 
 
-def _target(args: Args) -> Target:
-    assert args.target is not None
-    return targets.resolve(targets.parse_spec(args.target, args.runtime))
-
-
-def run_sideload(args: Args) -> int:
-    if args.action == "status":
-        return status(args.target, args.json, args.runtime)
-    if args.action == "cleanup":
-        return cleanup(args.quiet)
-    t = _target(args)
-    image = args.image or default_image()
-    if args.action == "mount":
-        if ops.mount(t, image, args.allow_host):
+def run_sideload(action: str, spec: str | None, *, runtime: str | None = None,
+                 image: str | None = None, allow_host: bool = False, force: bool = False,
+                 quiet: bool = False, as_json: bool = False,
+                 exec_opts: SessionOptions | None = None) -> int:  # fmt: skip
+    """-m, -u, -e (whose command, terminal, user and profile are `exec_opts`), status and
+    cleanup."""
+    if action == "status":
+        return status(spec, as_json, runtime)
+    if action == "cleanup":
+        return cleanup(quiet)
+    assert spec is not None
+    t = targets.resolve(targets.parse_spec(spec, runtime))
+    image = image or default_image()
+    if action == "mount":
+        if ops.mount(t, image, allow_host):
             print(usage_hint(t, _paused(t)))
         else:
             print(printable(f"a toolbox is already mounted at /dev/crashcart in {t.describe()}: "
                             "nothing done"))  # fmt: skip
         return 0
-    if args.action == "unmount":
-        message = ops.unmount(t, args.force, args.allow_host)
-        if not args.quiet:
+    if action == "unmount":
+        message = ops.unmount(t, force, allow_host)
+        if not quiet:
             print(printable(f"{t.describe()}: {message}"), file=sys.stderr)
         return 0
-    tty = args.tty if args.tty is not None else (os.isatty(0) and os.isatty(1))
+    opts = exec_opts or SessionOptions()
+    tty = opts.tty if opts.tty is not None else (os.isatty(0) and os.isatty(1))
     if t.runtime == "pid":
-        run: Callable[[], int] = lambda: _run_in_place(t, args, tty)  # noqa: E731
+        run: Callable[[], int] = lambda: _run_in_place(t, opts, tty)  # noqa: E731
     else:
-        argv = exec_argv(t, args.command, tty)
+        argv = exec_argv(t, opts.command, tty)
         run = lambda: _run(argv)  # noqa: E731
-    code, note = ops.exec_with_toolbox(t, image, run, args.allow_host)
-    if note and not args.quiet:
+    code, note = ops.exec_with_toolbox(t, image, run, allow_host)
+    if note and not quiet:
         print(f"crashcart: {note}", file=sys.stderr)
     return code
 
@@ -119,25 +119,24 @@ def _paused(t: Target) -> bool:
     return False
 
 
-def _run_in_place(t: Target, args: Args, tty: bool) -> int:
+def _run_in_place(t: Target, given: SessionOptions, tty: bool) -> int:
     """-e for a PID: no runtime to ask, so crashcart runs the toolbox itself in the
     target's own namespaces and root (what nsenter -a would do), through the session
     machinery: the setup happens where the container cannot see it, and the command gets
     the session's capability profile, never host root's."""
     from crashcart.attach.host import run_session
-    from crashcart.attach.options import SessionOptions
 
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "TERM": os.environ.get("TERM", "xterm"),
         "HOME": "/root",
         **sideload_env(t),
-        **args.env,
+        **given.env,
     }
     opts = SessionOptions(
-        command=inner_argv(args.command, tty), tty=tty, env=env, user=args.user,
-        caps=args.caps, join_cgroup=args.join_cgroup, allow_host=True, quiet=args.quiet,
-        debug=args.debug, in_place=True,
+        command=inner_argv(given.command, tty), tty=tty, env=env, user=given.user,
+        caps=given.caps, join_cgroup=given.join_cgroup, allow_host=True, quiet=given.quiet,
+        debug=given.debug, in_place=True,
     )  # fmt: skip
     return run_session(t, t.ref, opts)
 

@@ -114,14 +114,8 @@ def target(c: Container) -> str:
 def shared(request: pytest.FixtureRequest) -> Iterator[Container]:
     """One docker busybox container for a whole module (each test still checks leaks
     around what it does); its own fixture so a test can also kill or remove it."""
-    reason = runtimes.unavailable_reason("docker")
-    if reason is not None:
-        missing(f"docker: {reason}")
-    c = runtimes.start("docker", "busybox", name=runtimes.new_name("fault-shared"))
-    try:
+    with kit.module_busybox("fault-shared") as c:
         yield c
-    finally:
-        runtimes.remove_by_name("docker", c.name)
 
 
 @pytest.fixture

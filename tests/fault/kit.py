@@ -356,3 +356,20 @@ def start_unnamed_runc(caps: Sequence[str] = DOCKER_DEFAULT_CAPS) -> Container:
         runtimes.remove_by_name("runc", name)
         raise
     return Container("runc", name, name, pid, "busybox")
+
+
+@contextlib.contextmanager
+def module_busybox(hint: str) -> Iterator[Container]:
+    """One docker busybox container for a whole test module (each test still checks leaks
+    around what it does), removed at the end; a missing docker fails or skips the module."""
+    from tests.testbed import runtimes
+    from tests.testbed.require import missing
+
+    reason = runtimes.unavailable_reason("docker")
+    if reason is not None:
+        missing(f"docker: {reason}")
+    c = runtimes.start("docker", "busybox", name=runtimes.new_name(hint))
+    try:
+        yield c
+    finally:
+        runtimes.remove_by_name("docker", c.name)

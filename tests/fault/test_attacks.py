@@ -37,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from crashcart.attach.options import DEBUG_CAPS
+from crashcart.linux import caps
 from tests import ccrun
 from tests.fault import kit
 from tests.fault.conftest import RunFactory, target
@@ -46,16 +47,6 @@ from tests.testbed.runtimes import Container
 
 STOP_AT_CHILD = "stop:session:child-start"
 BOUND = 30.0  # seconds any crashcart run may take here, attacked or not
-# <linux/capability.h>, in bit order.
-CAP_NAMES = (
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid",
-    "setuid", "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin",
-    "net_raw", "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace",
-    "sys_pacct", "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time",
-    "sys_tty_config", "mknod", "lease", "audit_write", "audit_control", "setfcap",
-    "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
-    "perfmon", "bpf", "checkpoint_restore",
-)  # fmt: skip
 FD_ALLOWED = re.compile(r"pipe:\[\d+\]|/dev/pts/\d+|/dev/null")
 
 
@@ -71,11 +62,11 @@ def attacks() -> Path:
 
 
 def cap_mask(names: Sequence[str]) -> int:
-    return sum(1 << CAP_NAMES.index(n.lower().removeprefix("cap_")) for n in names)
+    return caps.mask(tuple(names))
 
 
 def cap_names(value: int) -> str:
-    return ",".join(n for i, n in enumerate(CAP_NAMES) if value >> i & 1) or "-"
+    return ",".join(caps.names(value)) or "-"
 
 
 def status_field(pid: int, key: str) -> str:

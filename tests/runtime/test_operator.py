@@ -20,8 +20,6 @@ from tests.fault import kit
 from tests.fault.conftest import RunFactory
 from tests.runtime.conftest import target
 from tests.testbed import leakcheck as lc
-from tests.testbed import runtimes
-from tests.testbed.require import missing
 from tests.testbed.runtimes import Container
 
 PYTHON_TEXT = re.compile(r"internal error|Traceback|\[Errno|Error:")
@@ -30,14 +28,8 @@ PYTHON_TEXT = re.compile(r"internal error|Traceback|\[Errno|Error:")
 @pytest.fixture(scope="module")
 def busybox() -> Iterator[Container]:
     """One docker busybox container for the module (each test checks leaks around itself)."""
-    reason = runtimes.unavailable_reason("docker")
-    if reason is not None:
-        missing(f"docker: {reason}")
-    c = runtimes.start("docker", "busybox", name=runtimes.new_name("operator"))
-    try:
+    with kit.module_busybox("operator") as c:
         yield c
-    finally:
-        runtimes.remove_by_name("docker", c.name)
 
 
 @pytest.fixture

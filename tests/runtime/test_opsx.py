@@ -19,7 +19,6 @@ import pytest
 from tests import ccrun
 from tests.fault import kit
 from tests.testbed import leakcheck as lc
-from tests.testbed import runtimes
 from tests.testbed.require import missing
 from tests.testbed.runtimes import Container
 
@@ -34,14 +33,8 @@ def tiny() -> str:
 
 @pytest.fixture(scope="module")
 def box() -> Iterator[Container]:
-    reason = runtimes.unavailable_reason("docker")
-    if reason is not None:
-        missing(f"docker: {reason}")
-    c = runtimes.start("docker", "busybox", name=runtimes.new_name("opsx"))
-    try:
+    with kit.module_busybox("opsx") as c:
         yield c
-    finally:
-        runtimes.remove_by_name("docker", c.name)
 
 
 @pytest.fixture

@@ -16,11 +16,7 @@ from crashcart.errors import EXIT_CRASHCART, CrashcartError, TargetError, UsageE
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from crashcart.attach.options import SessionOptions
-    from crashcart.targets.model import Spec
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from crashcart.targets.model import Target
+    from crashcart.targets.model import Spec, Target
 
 SUBCOMMANDS = ("ps", "image", "status", "cleanup", "doctor", "completion", "man")
 MODES = {"-m": "mount", "--mount": "mount", "-u": "unmount", "--unmount": "unmount"}
@@ -407,7 +403,10 @@ def run_session(args: Args, target: Target | None = None) -> int:
 def _postmortem(spec: Spec, opts: SessionOptions, error: TargetError) -> int:
     """A target that exists but has no running process gets a post-mortem session."""
     from crashcart.errors import AmbiguousTarget
+    from crashcart.targets.model import NotRunning, Spec
 
+    if isinstance(error, NotRunning) and spec.runtime == "pid" and "://" not in spec.text:
+        spec = Spec(spec.text, None, spec.query)  # a number that named a container's ID
     if isinstance(error, AmbiguousTarget) or spec.runtime in ("pid", "runc"):
         raise error
     from crashcart.postmortem import lookup, session

@@ -114,7 +114,16 @@ def _search(spec: Spec) -> tuple[list[Target], list[str]]:
 
 def resolve(spec: Spec) -> Target:
     if spec.runtime == "pid":
-        return pid_target(int(spec.query))
+        try:
+            return pid_target(int(spec.query))
+        except TargetError:
+            if spec.text.startswith("pid://"):
+                raise
+            # A bare number that is no live PID may be the prefix of a container's hex ID.
+            found, _ = _search(Spec(spec.text, None, spec.query))
+            if len(found) != 1:
+                raise
+            return _running(found[0])
     found, searched = _search(spec)
     candidates = [t for t in found if t.exact] or found
     if len(candidates) == 1:

@@ -141,6 +141,9 @@ class Spec:
         return f"Spec{self._key()!r}"
 
 
+PID_MAX_LIMIT = 4194304  # the kernel's PID_MAX_LIMIT: no pid_max can exceed it
+
+
 def parse_spec(text: str, runtime: str | None = None) -> Spec:
     """TARGET: PID | NAME | ID | ID-PREFIX | NS/ID | RUNTIME://[NS/]QUERY | pid://PID.
     --runtime forces the runtime like a prefix does. NS/ is containerd's namespace, or
@@ -177,8 +180,11 @@ def parse_spec(text: str, runtime: str | None = None) -> Spec:
             raise UsageError(f"invalid {runtime} target {text!r}", hint=f"use {form}")
     if not query:
         raise UsageError(f"invalid target {text!r}: nothing after the runtime")
-    if runtime == "pid" or (runtime is None and query.isdigit() and query.isascii()):
-        if not (query.isdigit() and query.isascii()) or int(query) <= 0:
+    digits = query.isdigit() and query.isascii()
+    if runtime == "pid" or (runtime is None and digits and int(query) <= PID_MAX_LIMIT):
+        # A bare number is a PID unless no PID can be that large: then an ID prefix
+        # (Docker's IDs are hex, and a prefix of one can be all digits).
+        if not digits or int(query) <= 0:
             raise UsageError(f"invalid PID {query!r}")
         return Spec(text, "pid", str(int(query)))
     return Spec(text, runtime, query, namespace)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -63,6 +63,28 @@ def test_a_name_prefix_never_picks_a_container(
     assert crashcart(thin.id[:10], "--", "true").returncode == 0
 
 
+def test_an_id_prefix_of_digits_is_not_taken_for_a_pid(
+    start_container: ContainerFactory, leakcheck: lc.LeakCheckFn, toolbox: str
+) -> None:
+    """A hex ID can start with digits (CI once drew a Docker ID whose first ten were): a
+    bare number larger than any PID, or one no process has, is a container ID prefix."""
+    require_runtime("containerd")
+    free = [str(n) for n in range(3999999, 3000000, -1) if not os.path.exists(f"/proc/{n}")]
+    # Its first 7 digits a PID no process has; its first 10 more than any PID can be.
+    ident = free[0] + "0" * 6 + os.urandom(26).hex()[:51]
+    c = start_container("containerd", "busybox", name=ident)
+    with leakcheck(c):
+        for prefix in (ident[:10], ident[:7]):
+            proc = crashcart(prefix, "--", "cat", "/proc/1/cmdline")
+            assert proc.returncode == 0 and b"httpd" in proc.stdout, (prefix, err(proc))
+    # A number no process has and no ID starts with: the PID error, not a search listing.
+    proc = crashcart(free[1], "--", "true")
+    assert proc.returncode == 125 and f"no process with PID {free[1]}" in err(proc), err(proc)
+    # pid:// is a PID, always.
+    proc = crashcart(f"pid://{ident[:10]}", "--", "true")
+    assert proc.returncode == 125 and "no process with PID" in err(proc), err(proc)
+
+
 def test_a_hex_prefix_of_two_containers_lists_both(
     start_container: ContainerFactory, toolbox: str
 ) -> None:
@@ -83,11 +105,24 @@ def _docker(*args: str) -> str:
     return runtimes.run([DOCKER, *args]).stdout.strip()
 
 
+_DEATH = ["sh", "-c", "test -x /target/bin/busybox && cat /run/crashcart/postmortem.json"]
+
+
+def _death(*target: str) -> dict[str, Any]:
+    """The post-mortem session's death record, read from inside the session (which also
+    checks the container's files are at /target)."""
+    proc = crashcart(*target, "--", *_DEATH)
+    assert proc.returncode == 0, (target, err(proc))
+    record: dict[str, Any] = json.loads(proc.stdout)
+    return record
+
+
 def test_containers_that_do_not_run_say_so(
     start_container: ContainerFactory, made: list[tuple[str, str]], toolbox: str
 ) -> None:
-    """Stopped (exit code, when), created: exit 125 and a message of its own. Paused: the
-    session attaches (outside its freezer cgroup) and says so."""
+    """Stopped (exit code, when), created: a post-mortem session with the runtime's record
+    (it used to be "no running container matches"). Paused: the session attaches (outside
+    its freezer cgroup) and says so."""
     img = runtimes.image_ref("docker", "busybox")
     runtimes.ensure_image("docker", "busybox")
     exited, created = runtimes.new_name("exited"), runtimes.new_name("created")
@@ -98,15 +133,11 @@ def test_containers_that_do_not_run_say_so(
     paused = start_container("docker", "busybox")
     _docker("pause", paused.name)
     try:
-        cases = {
-            exited: r"is stopped \(exit code 3, finished 20\d\d-",
-            created: "was created but never started",
-        }
-        for name, message in cases.items():
-            proc = crashcart(name, "--", "true")
-            assert proc.returncode == 125, (name, err(proc))
-            assert "no container matches" not in err(proc)
-            assert re.search(f"docker container {name} {message}", err(proc)), err(proc)
+        death = _death(exited)
+        assert (death["name"], death["exit_code"], death["signal"]) == (exited, 3, None), death
+        assert str(death["finished_at"]).startswith("20"), death
+        death = _death(created)
+        assert (death["name"], death["status"], death["exit_code"]) == (created, "created", None)
         session = crashcart(paused.name, "--", "true")
         assert session.returncode == 0 and "is paused" in err(session), err(session)
         ps = ccrun.text(crashcart("ps"))
@@ -119,7 +150,8 @@ def test_containers_that_do_not_run_say_so(
 def test_podman_stopped_and_containerd_stopped_tasks(
     start_container: ContainerFactory, made: list[tuple[str, str]], toolbox: str
 ) -> None:
-    """Podman's stopped containers used to get "no running container matches"."""
+    """Podman's stopped containers used to get "no running container matches"; now they,
+    like a containerd task whose process exited, get a post-mortem session."""
     require_runtime("podman", "containerd")
     runtimes.ensure_image("podman", "busybox")
     name = runtimes.new_name("pexit")
@@ -127,15 +159,13 @@ def test_podman_stopped_and_containerd_stopped_tasks(
     ref = runtimes.image_ref("podman", "busybox")
     runtimes.run(["podman", "run", "--name", name, "--network", "none", ref, "sh", "-c", "exit 7"],
                  check=False)  # fmt: skip
-    proc = crashcart(name, "--", "true")
-    assert proc.returncode == 125, err(proc)
-    assert f"podman container {name} is stopped (exit code 7" in err(proc), err(proc)
+    death = _death(name)
+    assert (death["runtime"], death["name"], death["exit_code"]) == ("podman", name, 7), death
     created = runtimes.new_name("pcreated")
     made.append(("podman", created))
     runtimes.run(["podman", "create", "--name", created, "--network", "none", ref, "true"])
-    proc = crashcart(f"podman://{created}", "--", "true")
-    assert proc.returncode == 125, err(proc)
-    assert f"podman container {created} was created but never started" in err(proc), err(proc)
+    death = _death(f"podman://{created}")
+    assert (death["name"], death["status"], death["exit_code"]) == (created, "created", None)
     paused = start_container("podman", "busybox")
     runtimes.run(["podman", "pause", paused.name])
     try:  # podman pause freezes the cgroup: a session attaches outside it and says so
@@ -149,8 +179,8 @@ def test_podman_stopped_and_containerd_stopped_tasks(
     deadline = time.monotonic() + 10
     while os.path.exists(f"/proc/{task.pid}") and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc = crashcart(f"containerd://{task.namespace}/{task.id}", "--", "true")
-    assert proc.returncode == 125 and f"{task.id} is stopped" in err(proc), err(proc)
+    death = _death(f"containerd://{task.namespace}/{task.id}")
+    assert (death["id"], death["exit_code"], death["signal"]) == (task.id, 137, 9), death
 
 
 def test_pid_in_an_unknown_container(toolbox: str, leakcheck: lc.LeakCheckFn) -> None:

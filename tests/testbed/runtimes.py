@@ -495,8 +495,9 @@ class ContainerFactory:
         read_only: bool = False,
         userns: bool = False,
         command: Sequence[str] | None = None,
+        name: str | None = None,
     ) -> Container:
-        name = new_name(f"{self.hint[:20]}-{runtime}-{image}")
+        name = name or new_name(f"{self.hint[:20]}-{runtime}-{image}")
         self.names.append((runtime, name))
         try:
             c = start(

@@ -9,11 +9,17 @@ the host's pid namespace with the host paths below; `kubectl crashcart` writes t
 
 from __future__ import annotations
 
+import os
+
 from crashcart import __version__
+from crashcart.errors import UsageError
 
 # The image reference `kubectl crashcart` uses unless --node-image says otherwise: load the
 # built tar into the nodes' runtime, or push it to a registry and pass --node-image.
 NODE_IMAGE_REPO = "localhost/crashcart-node"
+# Set in the node image's environment (crashcart/image/nodebuild.py): crashcart checks the
+# container gives it what a node pod must (check_node_container) only where this is set.
+NODE_ENV = "CRASHCART_NODE_IMAGE"
 # Where the default toolbox sits inside the node image (crashcart.defaults.DEFAULT_IMAGE).
 NODE_TOOLBOX = "/var/lib/crashcart/crashcart.img"
 
@@ -34,3 +40,61 @@ HOST_PATHS: tuple[tuple[str, str, bool], ...] = (
 
 def default_node_image() -> str:
     return f"{NODE_IMAGE_REPO}:{__version__}"
+
+
+# A node container that is not privileged lacks these (Docker's and the CRI's default
+# capability sets have neither) and has a seccomp filter that refuses setns/mount/open_tree.
+NEEDED_CAPS = ("sys_admin", "sys_ptrace")
+
+
+def check_node_container(proc: str = "/proc") -> None:
+    """Raise UsageError (one line: what is missing, how to run it) when this node container
+    is not what a node pod is: privileged and in the host's pid namespace. Only called
+    where NODE_ENV is set, i.e. inside the node image."""
+    missing = _missing_privileges(_status(f"{proc}/self/status"))
+    if missing:
+        raise UsageError(
+            f"the node container is not privileged ({missing})",
+            hint="run it with --privileged (a pod: securityContext.privileged: true)",
+        )
+    if not in_host_pid_namespace(proc):
+        raise UsageError(
+            "the node container does not share the host's pid namespace: no container is "
+            "reachable from it",
+            hint="run it with --pid=host (a pod: hostPID: true)",
+        )
+
+
+def _status(path: str) -> dict[str, str]:
+    with open(path) as f:
+        return dict(line.rstrip("\n").partition(":")[::2] for line in f if ":" in line)
+
+
+def _missing_privileges(status: dict[str, str]) -> str:
+    """What `status` (/proc/self/status fields) lacks for crashcart, '' when nothing."""
+    from crashcart.linux import caps
+
+    effective = int(status.get("CapEff", "0").strip() or "0", 16)
+    lacking = [f"CAP_{n.upper()}" for n in NEEDED_CAPS if not effective & caps.mask([n])]
+    if status.get("Seccomp", "0").strip() not in ("", "0"):
+        lacking.append("a seccomp filter is on")
+    return ", ".join(lacking)
+
+
+def in_host_pid_namespace(proc: str = "/proc") -> bool:
+    """Kernel threads (kthreadd is PID 2, parent 0) are visible only in the initial pid
+    namespace. A node that is itself a container (kind) has none: there the host's PID 1
+    is another container's process, in a mount namespace other than ours, while in a pid
+    namespace of our own PID 1 is our container's entry point (ours, or the pod's)."""
+    try:
+        with open(f"{proc}/2/stat") as f:
+            if f.read().startswith("2 (kthreadd) "):
+                return True
+    except OSError:
+        pass
+    try:
+        return os.readlink(f"{proc}/1/ns/mnt") != os.readlink(f"{proc}/self/ns/mnt")
+    except PermissionError:
+        return True  # PID 1 is not ours to look at: not our container's
+    except OSError:
+        return False

@@ -309,6 +309,10 @@ def run(args: Args) -> int:
     if args.action in ("doctor", "completion", "man"):
         return _operator_tool(args)
     require_root()
+    if "CRASHCART_NODE_IMAGE" in os.environ:  # crashcart.nodeimage.NODE_ENV: in the node image
+        from crashcart.nodeimage import check_node_container
+
+        check_node_container()
     if args.action == "ps":
         from crashcart.ps import print_ps
 

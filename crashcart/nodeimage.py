@@ -23,18 +23,33 @@ NODE_ENV = "CRASHCART_NODE_IMAGE"
 # Where the default toolbox sits inside the node image (crashcart.defaults.DEFAULT_IMAGE).
 NODE_TOOLBOX = "/var/lib/crashcart/crashcart.img"
 
-# (host path, path in the node container, read-only): the runtimes' state and sockets (to
-# find containers), their storage (post-mortem reads exited containers' layers), the cgroup
-# filesystem (a session joins the target's cgroups), the host's /dev (loop devices appear
-# after the container started), crashcart's own state and the pod logs.
+# (host path, path in the node container, read-only). Measured by running the node image
+# with docker (tests/testbed/nodeimage.py run_node) with one entry left out at a time:
 HOST_PATHS: tuple[tuple[str, str, bool], ...] = (
+    # Required. The runtimes' sockets and state (docker.sock, containerd's socket and task
+    # bundles, /run/runc, podman's run root, CRI-O's /run/crio) and crashcart's own records
+    # of toolboxes mounted into containers (/run/crashcart: a later `-u`, `status` or
+    # `cleanup`, from another node pod or from the host, must see them). Without it: "no
+    # container matches".
     ("/run", "/run", False),
+    # Post-mortem sessions read an exited container's layers and config from the runtime's
+    # storage. Without it: "3 of its 3 filesystem layers are gone". One per runtime; a host
+    # without that runtime has none (the tests mount only those that exist).
     ("/var/lib/docker", "/var/lib/docker", True),
     ("/var/lib/containerd", "/var/lib/containerd", True),
     ("/var/lib/containers", "/var/lib/containers", True),
+    # Post-mortem of a CRI pod's container shows its last log lines from here.
     ("/var/log/pods", "/var/log/pods", True),
+    # Required. A session joins the target's cgroups: the runtime's own cgroup mount is the
+    # node container's cgroup, not the host's. Without it: "the target's cgroup disappeared".
     ("/sys/fs/cgroup", "/sys/fs/cgroup", False),
+    # Required. /dev/loop-control and the loop devices the toolbox mount uses; loop devices
+    # appear after the container started, so the runtime's copy of /dev is not enough.
+    # Without it: "cannot mount /var/lib/crashcart/crashcart.img (erofs): No such file".
     ("/dev", "/dev", False),
+    # The audit log (one start and one end record per session, crashcart/audit.py) lands
+    # where the host's own crashcart writes it, so it outlives the node pod.
+    ("/var/log/crashcart", "/var/log/crashcart", False),
 )
 
 

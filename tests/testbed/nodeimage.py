@@ -229,7 +229,9 @@ def run_node(
     tty: bool = False,
     timeout: float = 120,
     input: bytes | None = None,
-    **kw: bool,
+    ref: str | None = None,
+    privileged: bool = True,
+    host_pid: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run crashcart ARGS in the node image as a node pod would, output captured.
     ``runtime`` runs the node container: "docker" (the only one so far: see node_argv).
@@ -237,7 +239,7 @@ def run_node(
     session drive node_argv under a pty instead)."""
     if runtime != "docker":
         raise TestbedError(f"run_node: cannot run the node image with {runtime!r} yet")
-    argv = node_argv(args, tty=tty, **kw)
+    argv = node_argv(args, ref=ref, tty=tty, privileged=privileged, host_pid=host_pid)
     return subprocess.run(argv, input=input, stdin=None if input else subprocess.DEVNULL,
                           capture_output=True, timeout=timeout)  # fmt: skip
 

@@ -91,9 +91,10 @@ def _missing_privileges(status: dict[str, str]) -> str:
 
     effective = int(status.get("CapEff", "0").strip() or "0", 16)
     lacking = [f"CAP_{n.upper()}" for n in NEEDED_CAPS if not effective & caps.mask([n])]
+    parts = ["lacks " + ", ".join(lacking)] if lacking else []
     if status.get("Seccomp", "0").strip() not in ("", "0"):
-        lacking.append("a seccomp filter is on")
-    return ", ".join(lacking)
+        parts.append("a seccomp filter is on")
+    return "; ".join(parts)
 
 
 def in_host_pid_namespace(proc: str = "/proc") -> bool:

@@ -210,8 +210,8 @@ def test_interactive_session_through_a_pty(
 @pytest.mark.parametrize(
     ("what", "flags", "message", "hint"),
     [
-        ("privileged", {"privileged": False}, "the node container is not privileged (CAP_SYS_ADMIN",
-         "--privileged"),
+        ("privileged", {"privileged": False},
+         "the node container is not privileged (lacks CAP_SYS_ADMIN", "--privileged"),
         ("host pid", {"host_pid": False}, "does not share the host's pid namespace", "--pid=host"),
     ],
 )  # fmt: skip

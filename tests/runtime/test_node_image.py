@@ -20,11 +20,11 @@ import pytest
 
 from crashcart.nodeimage import NODE_ENV, NODE_TOOLBOX
 from tests import ccrun
-from tests.testbed import cri, nodeimage
+from tests.testbed import cri, nodeimage, runtimes
 from tests.testbed import leakcheck as lc
 from tests.testbed.cri import ContainerSpec, Kubelet, PodSpec
 from tests.testbed.require import missing, require_runtime
-from tests.testbed.runtimes import DOCKER, Container, ContainerFactory, TestbedError
+from tests.testbed.runtimes import DOCKER, Container, ContainerFactory
 
 pytestmark = pytest.mark.runtime
 
@@ -34,7 +34,7 @@ def node_tar() -> Path:
     require_runtime("docker")
     try:
         return nodeimage.ensure_node_image()
-    except TestbedError as e:
+    except runtimes.TestbedError as e:
         missing(f"the node image cannot be built: {e}")
 
 

@@ -33,6 +33,8 @@ usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
        crashcart image build|info ...  build or describe a toolbox image
+       crashcart image node -o TAR     the node image: crashcart + toolbox, a container
+                                       image for docker/podman/ctr load (node pods)
        crashcart doctor [--json]       what this host offers, what is missing, the fixes
        crashcart completion [SHELL]    bash, zsh or fish completion (default: $SHELL's)
        crashcart man                   the manual page

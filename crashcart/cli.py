@@ -312,9 +312,9 @@ def run(args: Args) -> int:
         return _operator_tool(args)
     require_root()
     if "CRASHCART_NODE_IMAGE" in os.environ:  # crashcart.nodeimage.NODE_ENV: in the node image
-        from crashcart.nodeimage import check_node_container
+        from crashcart.nodeimage import prepare_node_container
 
-        check_node_container()
+        prepare_node_container()
     if args.action == "ps":
         from crashcart.ps import print_ps
 

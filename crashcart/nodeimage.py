@@ -62,10 +62,16 @@ def default_node_image() -> str:
 NEEDED_CAPS = ("sys_admin", "sys_ptrace")
 
 
+def prepare_node_container(proc: str = "/proc") -> None:
+    """What crashcart does first inside the node image (only where NODE_ENV is set): check
+    the container is what a node pod is, then join the host's cgroup namespace."""
+    check_node_container(proc)
+    join_host_cgroup_namespace(proc)
+
+
 def check_node_container(proc: str = "/proc") -> None:
     """Raise UsageError (one line: what is missing, how to run it) when this node container
-    is not what a node pod is: privileged and in the host's pid namespace. Only called
-    where NODE_ENV is set, i.e. inside the node image."""
+    is not what a node pod is: privileged and in the host's pid namespace."""
     missing = _missing_privileges(_status(f"{proc}/self/status"))
     if missing:
         raise UsageError(
@@ -102,15 +108,53 @@ def in_host_pid_namespace(proc: str = "/proc") -> bool:
     namespace. A node that is itself a container (kind) has none: there the host's PID 1
     is another container's process, in a mount namespace other than ours, while in a pid
     namespace of our own PID 1 is our container's entry point (ours, or the pod's)."""
-    try:
-        with open(f"{proc}/2/stat") as f:
-            if f.read().startswith("2 (kthreadd) "):
-                return True
-    except OSError:
-        pass
+    if in_initial_pid_namespace(proc):
+        return True
     try:
         return os.readlink(f"{proc}/1/ns/mnt") != os.readlink(f"{proc}/self/ns/mnt")
     except PermissionError:
         return True  # PID 1 is not ours to look at: not our container's
+    except OSError:
+        return False
+
+
+def join_host_cgroup_namespace(proc: str = "/proc") -> bool:
+    """Join the cgroup namespace of the host's first process, if ours is another one.
+
+    A node pod has a cgroup namespace of its own where the CRI gives one (containerd on a
+    cgroup v2 host does, privileged or not: Kubernetes has no hostCgroupns). Seen from it,
+    a target's /proc/PID/cgroup reads "0::/../../kubepods/..." and the host's hierarchy,
+    mounted at /sys/fs/cgroup, has no such path: measured with `docker run
+    --cgroupns=private`, the session failed with "the target's cgroup disappeared". In the
+    host's cgroup namespace the paths are the host's, as for crashcart run on the node.
+    kthreadd (PID 2) lives in the initial namespaces; on a node that is itself a container
+    it does not show, and the node's PID 1 is the first process. setns(CLONE_NEWCGROUP)
+    works in a multi-threaded process and needs CAP_SYS_ADMIN: the node pod is privileged.
+    Returns True if it joined."""
+    from crashcart.linux import libc
+
+    first = "2" if in_initial_pid_namespace(proc) else "1"
+    path = f"{proc}/{first}/ns/cgroup"
+    try:
+        if os.stat(path).st_ino == os.stat(f"{proc}/self/ns/cgroup").st_ino:
+            return False
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False  # PID 1 is not ours to look at (these test machines): stay
+    try:
+        libc.setns(fd, libc.CLONE_NEWCGROUP)
+    except OSError as e:
+        raise UsageError(f"cannot join the host's cgroup namespace: {e.strerror}",
+                         hint="run the node container privileged") from None  # fmt: skip
+    finally:
+        os.close(fd)
+    return True
+
+
+def in_initial_pid_namespace(proc: str = "/proc") -> bool:
+    """kthreadd, PID 2 with parent 0, shows only in the initial pid namespace."""
+    try:
+        with open(f"{proc}/2/stat") as f:
+            return f.read().startswith("2 (kthreadd) ")
     except OSError:
         return False

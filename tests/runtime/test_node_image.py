@@ -131,6 +131,20 @@ def test_session_into_a_docker_container_with_exit_status(
     assert "strace -- version" in lines[2], out(who)
 
 
+def test_private_cgroup_namespace_as_a_cri_gives_on_cgroup_v2(
+    node_ref: str, busybox: Container, leakcheck: lc.LeakCheckFn
+) -> None:
+    """crashcart joins the host's cgroup namespace first (nodeimage.prepare_node_container):
+    the session is then in the target's cgroups, as from the host."""
+    c = busybox
+    want = Path(f"/proc/{c.pid}/cgroup").read_text()
+    with leakcheck(c):
+        res = nodeimage.run_node("docker", [f"docker://{c.name}", "--", "cat", "/proc/self/cgroup"],
+                                 ref=node_ref, host_cgroupns=False)  # fmt: skip
+    assert res.returncode == 0, out(res)
+    assert res.stdout.decode() == want, out(res)
+
+
 def test_session_into_a_cri_pod_container(
     node_ref: str, kubelet: Kubelet, leakcheck: lc.LeakCheckFn
 ) -> None:

@@ -192,9 +192,13 @@ def mount_flags() -> list[str]:
     return out
 
 
-def node_flags(privileged: bool = True, host_pid: bool = True) -> list[str]:
-    """The `docker run` options of a node pod (both switches exist for the bad-input tests)."""
-    flags = [*(privileged_flags() if privileged else []), "--network=none", "--cgroupns=host"]
+def node_flags(
+    privileged: bool = True, host_pid: bool = True, host_cgroupns: bool = True
+) -> list[str]:
+    """The `docker run` options of a node pod (privileged and host_pid exist for the
+    bad-input tests; host_cgroupns=False is what a CRI on a cgroup v2 host gives a pod)."""
+    cgroupns = "--cgroupns=host" if host_cgroupns else "--cgroupns=private"
+    flags = [*(privileged_flags() if privileged else []), "--network=none", cgroupns]
     if host_pid:
         flags.append("--pid=host")
     return [*flags, *mount_flags()]
@@ -210,6 +214,7 @@ def node_argv(
     entrypoint: str | None = None,
     privileged: bool = True,
     host_pid: bool = True,
+    host_cgroupns: bool = True,
 ) -> list[str]:
     """The `docker run` command line of the node image with ARGS for its entrypoint
     (crashcart, or ``entrypoint``). Removed when it exits unless ``detach``."""
@@ -218,7 +223,7 @@ def node_argv(
     argv += ["-d"] if detach else ["--rm"]
     argv += ["--name", name or runtimes.new_name("node")]
     argv += ["--entrypoint", entrypoint] if entrypoint else []
-    argv += node_flags(privileged, host_pid)
+    argv += node_flags(privileged, host_pid, host_cgroupns)
     return [*argv, ref or load("docker"), *args]
 
 
@@ -232,6 +237,7 @@ def run_node(
     ref: str | None = None,
     privileged: bool = True,
     host_pid: bool = True,
+    host_cgroupns: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run crashcart ARGS in the node image as a node pod would, output captured.
     ``runtime`` runs the node container: "docker" (the only one so far: see node_argv).
@@ -239,7 +245,8 @@ def run_node(
     session drive node_argv under a pty instead)."""
     if runtime != "docker":
         raise TestbedError(f"run_node: cannot run the node image with {runtime!r} yet")
-    argv = node_argv(args, ref=ref, tty=tty, privileged=privileged, host_pid=host_pid)
+    argv = node_argv(args, ref=ref, tty=tty, privileged=privileged, host_pid=host_pid,
+                     host_cgroupns=host_cgroupns)  # fmt: skip
     return subprocess.run(argv, input=input, stdin=None if input else subprocess.DEVNULL,
                           capture_output=True, timeout=timeout)  # fmt: skip
 

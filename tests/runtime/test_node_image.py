@@ -54,6 +54,9 @@ def host_leftovers(marker: str) -> list[str]:
     ps = subprocess.run([DOCKER, "ps", "-a", "--format", "{{.Names}} {{.Image}}"],
                         capture_output=True, text=True, check=True).stdout  # fmt: skip
     found += [f"container {line}" for line in ps.splitlines() if "crashcart-node:" in line]
+    ctrs = subprocess.run(["ctr", "-n", nodeimage.K8S_NS, "containers", "ls"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    found += [f"ctr container {line}" for line in ctrs.splitlines() if "crashcart-node:" in line]
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
@@ -114,16 +117,23 @@ def test_rebuild_gives_the_same_digests(node_tar: Path, tmp_path: Path) -> None:
     assert nodeimage.image_digests(again) == nodeimage.image_digests(node_tar)
 
 
+def _ref(node_tar: Path, runner: str) -> str:
+    require_runtime(runner)
+    return nodeimage.load(runner, node_tar)
+
+
+@pytest.mark.parametrize("runner", ["docker", "containerd"])
 def test_session_into_a_docker_container_with_exit_status(
-    node_ref: str, busybox: Container, leakcheck: lc.LeakCheckFn
+    node_tar: Path, runner: str, busybox: Container, leakcheck: lc.LeakCheckFn
 ) -> None:
-    c = busybox
+    """The node container run by docker, or by containerd (ctr run) as on a node."""
+    c, ref = busybox, _ref(node_tar, runner)
     with leakcheck(c):
-        status = nodeimage.run_node("docker", [f"docker://{c.name}", "--", "sh", "-c", "exit 7"],
-                                    ref=node_ref)  # fmt: skip
-        who = nodeimage.run_node("docker", [c.name, "--", "bash", "-c",
+        status = nodeimage.run_node(runner, [f"docker://{c.name}", "--", "sh", "-c", "exit 7"],
+                                    ref=ref)  # fmt: skip
+        who = nodeimage.run_node(runner, [c.name, "--", "bash", "-c",
                                  "echo $CRASHCART_TARGET_ID; ls /target/bin/busybox; "
-                                 "strace -V | head -1"], ref=node_ref)  # fmt: skip
+                                 "strace -V | head -1"], ref=ref)  # fmt: skip
     assert status.returncode == 7, out(status)
     assert who.returncode == 0, out(who)
     lines = who.stdout.decode().split("\n")
@@ -145,16 +155,18 @@ def test_private_cgroup_namespace_as_a_cri_gives_on_cgroup_v2(
     assert res.stdout.decode() == want, out(res)
 
 
+@pytest.mark.parametrize("runner", ["docker", "containerd"])
 def test_session_into_a_cri_pod_container(
-    node_ref: str, kubelet: Kubelet, leakcheck: lc.LeakCheckFn
+    node_tar: Path, runner: str, kubelet: Kubelet, leakcheck: lc.LeakCheckFn
 ) -> None:
+    ref = _ref(node_tar, runner)
     pod = kubelet.run_pod(PodSpec(cri.pod_name("node"), cri.pod_name("ns"), [ContainerSpec("app")]))
     app = pod["app"]
     with leakcheck(app.container(pod)):
-        ss = nodeimage.run_node("docker", [f"containerd://k8s.io/{app.id}", "--", "ss", "-tlnp"],
-                                ref=node_ref)  # fmt: skip
-        status = nodeimage.run_node("docker", [pod.target(), "--", "bash", "-c", "exit 9"],
-                                    ref=node_ref)  # fmt: skip
+        ss = nodeimage.run_node(runner, [f"containerd://k8s.io/{app.id}", "--", "ss", "-tlnp"],
+                                ref=ref)  # fmt: skip
+        status = nodeimage.run_node(runner, [pod.target(), "--", "bash", "-c", "exit 9"],
+                                    ref=ref)  # fmt: skip
     assert ss.returncode == 0, out(ss)
     assert ":8080" in out(ss) and '("server",pid=1,' in out(ss)
     assert status.returncode == 9, out(status)

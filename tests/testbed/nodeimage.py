@@ -10,10 +10,13 @@ a node pod runs it.
   k8s.io, where the CRI and a node's kubelet find images); the ref is NODE_IMAGE_REPO with a
   tag naming the stamp, so two worktrees never overwrite each other's image. Layers are
   reproducible, so the runtimes store the Debian and toolbox layers once.
-- ``run_node("docker", args, tty=False) -> CompletedProcess``: ``docker run`` of the node image with
-  what a node pod has (``node_flags()``): privileged, the host's pid namespace, the host's
-  cgroup namespace, no network, HOST_PATHS as bind mounts; ARGS go to its entrypoint,
-  crashcart. ``node_argv(...)`` is the same command line, for a pty or a detached run.
+- ``run_node(runtime, args, tty=False) -> CompletedProcess``: ``docker run`` (or ``ctr
+  run``: runtime "containerd") of the node image with what a node pod has
+  (``node_flags()``): privileged, the host's pid namespace, the host's cgroup namespace
+  (``host_cgroupns=False``: one of its own, as a CRI gives on cgroup v2), no network,
+  HOST_PATHS as bind mounts; ARGS go to its entrypoint, crashcart. ``node_argv(...)`` is
+  the docker command line, for a pty or a detached run (``entrypoint="sleep"``, ARGS
+  ``["infinity"]``, ``detach=True``: a node pod to ``docker exec`` into).
 
 Privileged, measured here: root on these machines lacks CAP_SYS_RESOURCE in its bounding
 set, and ``docker run --privileged`` asks runc for every capability, so it fails with
@@ -166,14 +169,18 @@ def privileged_flags(bounding: int | None = None) -> list[str]:
     capability (see the module docstring)."""
     if bounding is None:
         bounding = _bounding()
-    full = (1 << (caps.last_cap() + 1)) - 1
-    if bounding & full == full:
+    lacking = _lacking(bounding)
+    if not lacking:
         return ["--privileged"]
-    drops = [f"--cap-drop={n.upper()}" for n in caps.NAMES[: caps.last_cap() + 1]
-             if not bounding & caps.mask([n])]  # fmt: skip
+    drops = [f"--cap-drop={n.upper()}" for n in lacking]
     return ["--cap-add=ALL", *drops, "--security-opt=seccomp=unconfined",
             "--security-opt=apparmor=unconfined", "--security-opt=systempaths=unconfined",
             "--device-cgroup-rule=a *:* rwm"]  # fmt: skip
+
+
+def _lacking(bounding: int) -> list[str]:
+    """The capabilities the kernel has that the host's bounding set lacks."""
+    return [n for n in caps.NAMES[: caps.last_cap() + 1] if not bounding & caps.mask([n])]
 
 
 def _bounding() -> int:
@@ -227,6 +234,30 @@ def node_argv(
     return [*argv, ref or load("docker"), *args]
 
 
+def ctr_argv(
+    args: Sequence[str],
+    *,
+    ref: str | None = None,
+    tty: bool = False,
+    name: str | None = None,
+) -> list[str]:
+    """The same for containerd (`ctr run`, namespace k8s.io, removed when it exits).
+
+    ctr applies --cap-drop after --privileged (docker does not), so the capability this
+    host lacks is simply dropped. ctr has no --pid=host: --with-ns joins the pid namespace
+    of kthreadd, PID 2, which lives in the initial namespaces (/proc/1/ns is unreadable on
+    these machines)."""
+    argv = ["ctr", "-n", K8S_NS, "run", "--rm", *(["-t"] if tty else []), "--privileged"]
+    argv += [f"--cap-drop=CAP_{n.upper()}" for n in _lacking(_bounding())]
+    argv += ["--with-ns", "pid:/proc/2/ns/pid"]
+    for host, inside, ro in HOST_PATHS:
+        if os.path.exists(host):
+            mode = "ro" if ro else "rw"
+            argv += ["--mount", f"type=bind,src={host},dst={inside},options=rbind:{mode}"]
+    ref = ref or load("containerd")
+    return [*argv, ref, name or runtimes.new_name("node"), "crashcart", *args]
+
+
 def run_node(
     runtime: str,
     args: Sequence[str],
@@ -240,13 +271,17 @@ def run_node(
     host_cgroupns: bool = True,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run crashcart ARGS in the node image as a node pod would, output captured.
-    ``runtime`` runs the node container: "docker" (the only one so far: see node_argv).
-    ``tty`` adds -t (docker then wants its own stdin to be a terminal: for an interactive
-    session drive node_argv under a pty instead)."""
-    if runtime != "docker":
-        raise TestbedError(f"run_node: cannot run the node image with {runtime!r} yet")
-    argv = node_argv(args, ref=ref, tty=tty, privileged=privileged, host_pid=host_pid,
-                     host_cgroupns=host_cgroupns)  # fmt: skip
+    ``runtime`` runs the node container: "docker" (node_argv) or "containerd" (ctr_argv,
+    always privileged with host pid; ``ref`` is then a containerd reference). ``tty`` adds
+    -t (the runtime then wants its own stdin to be a terminal: for an interactive session
+    drive node_argv under a pty instead)."""
+    if runtime == "containerd":
+        argv = ctr_argv(args, ref=ref, tty=tty)
+    elif runtime == "docker":
+        argv = node_argv(args, ref=ref, tty=tty, privileged=privileged, host_pid=host_pid,
+                         host_cgroupns=host_cgroupns)  # fmt: skip
+    else:
+        raise TestbedError(f"run_node: cannot run the node image with {runtime!r}")
     return subprocess.run(argv, input=input, stdin=None if input else subprocess.DEVNULL,
                           capture_output=True, timeout=timeout)  # fmt: skip
 

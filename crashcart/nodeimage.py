@@ -4,7 +4,11 @@ works from inside a container, as it does on the host.
 The node image is crashcart plus the default toolbox as a container image
 (`crashcart image node`, crashcart/image/nodebuild.py). A node pod runs it privileged in
 the host's pid namespace with the host paths below; `kubectl crashcart` writes that pod spec
-(crashcart/kube/) and the tests translate the same list into `docker run` / `ctr run`.
+(crashcart/kube/) and the tests translate the same list into `docker run` / `ctr run`
+(tests/testbed/nodeimage.py). Inside the image (NODE_ENV set), crashcart's CLI calls
+prepare_node_container() before any root command: one clear line (exit 125) when the
+container is not privileged or not in the host's pid namespace, then it joins the host's
+cgroup namespace. A cgroup namespace of its own and no host network are fine.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from crashcart.errors import UsageError
 # The image reference `kubectl crashcart` uses unless --node-image says otherwise: load the
 # built tar into the nodes' runtime, or push it to a registry and pass --node-image.
 NODE_IMAGE_REPO = "localhost/crashcart-node"
-# Set in the node image's environment (crashcart/image/nodebuild.py): crashcart checks the
-# container gives it what a node pod must (check_node_container) only where this is set.
+# Set in the node image's environment (crashcart/image/nodebuild.py): only where it is set
+# does crashcart run prepare_node_container().
 NODE_ENV = "CRASHCART_NODE_IMAGE"
 # Where the default toolbox sits inside the node image (crashcart.defaults.DEFAULT_IMAGE).
 NODE_TOOLBOX = "/var/lib/crashcart/crashcart.img"

@@ -48,7 +48,7 @@ REPO = Path(__file__).resolve().parents[2]
 NODE_DIR = Path(os.environ.get("CRASHCART_TEST_NODE_DIR", "/var/lib/crashcart-test/node"))
 K8S_NS = "k8s.io"
 BUILD_TIMEOUT = 900
-KEEP_DAYS = 2
+KEEP = 4
 
 
 def toolbox() -> Path:
@@ -105,13 +105,14 @@ def ensure_node_image() -> Path:
 
 
 def _prune(keep: Path) -> None:
-    """Drop tars of older stamps (other worktrees' ones too, once they are days old)."""
-    limit = time.time() - KEEP_DAYS * 86400
-    for d in NODE_DIR.iterdir():
-        tar = d / "node.tar"
-        if d != keep and tar.exists() and tar.stat().st_mtime < limit:
+    """Keep the KEEP newest tars (240 MB each; other worktrees' stamps among them), drop
+    the older ones. The images already loaded into the runtimes stay."""
+    tars = sorted((d / "node.tar" for d in NODE_DIR.iterdir() if (d / "node.tar").exists()),
+                  key=lambda t: t.stat().st_mtime, reverse=True)  # fmt: skip
+    for tar in tars[KEEP:]:
+        if tar.parent != keep:
             tar.unlink()
-            d.rmdir() if not any(d.iterdir()) else None
+            tar.parent.rmdir() if not any(tar.parent.iterdir()) else None
 
 
 def loaded_digest(runtime: str, ref: str) -> str | None:

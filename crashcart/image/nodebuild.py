@@ -15,6 +15,7 @@ import contextlib
 import os
 import py_compile
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -157,18 +158,35 @@ def _toolbox_layer(toolbox: str, work: str) -> ociwrite.Layer:
 
 
 def _crashcart_layer(rootfs: str, work: str) -> ociwrite.Layer:
-    """The package as installed (sources, data files) and bytecode for the image's python
-    when it is the version building (unchecked-hash pycs: no mtimes, reproducible)."""
+    """The package as installed (sources, data files) with bytecode compiled by the image's
+    own python (unchecked-hash pycs: no mtimes, reproducible). Measured in the node image:
+    a session costs 70-90 ms with the bytecode, 180 ms without. Copied into the rootfs after
+    the Debian layer was written, so it is in this layer only."""
     src = os.path.dirname(os.path.abspath(crashcart.__file__))
-    stage = os.path.join(work, "crashcart-stage")
-    shutil.copytree(src, os.path.join(stage, "crashcart"),
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))  # fmt: skip
-    if _image_python(rootfs) == f"python{sys.version_info[0]}.{sys.version_info[1]}":
-        _compile(stage)
+    dest = os.path.join(rootfs, SITE, "crashcart")
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _compile(rootfs, dest)
     w = ociwrite.LayerWriter(os.path.join(work, "crashcart.tar"), f"crashcart {__version__}")
-    w.add_tree(stage, prefix=SITE)
+    w.add_tree(dest, prefix=f"{SITE}/crashcart")
     w.add_bytes("usr/bin/crashcart", LAUNCHER, mode=0o755)
     return w.close()
+
+
+def _compile(rootfs: str, dest: str) -> None:
+    """With the image's python in a chroot (root only); else with ours when it is the same
+    version; else none (python compiles at each start in the container)."""
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    if os.geteuid() == 0 and os.path.exists(chroot):
+        argv = [chroot, rootfs, "/usr/bin/python3", "-m", "compileall", "-q",
+                "--invalidation-mode", "unchecked-hash", f"/{SITE}/crashcart"]  # fmt: skip
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"}  # not ours: PYTHONPATH ...
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)  # fmt: skip
+        if proc.returncode != 0:
+            raise ImageError(f"compiling crashcart in the image failed: {proc.stderr[-300:]}")
+        return
+    if _image_python(rootfs) == f"python{sys.version_info[0]}.{sys.version_info[1]}":
+        _host_compile(dest)
 
 
 def _image_python(rootfs: str) -> str:
@@ -178,14 +196,12 @@ def _image_python(rootfs: str) -> str:
         raise ImageError(f"the node image has no python3: {e.strerror}") from None
 
 
-def _compile(stage: str) -> None:
-    for rel in ociwrite.walk_sorted(stage):
+def _host_compile(dest: str) -> None:
+    for rel in ociwrite.walk_sorted(dest):
         if rel.endswith(".py"):
-            path = os.path.join(stage, rel)
-            dfile = "/" + os.path.join(SITE, rel)
             py_compile.compile(
-                path,
-                dfile=dfile,
+                os.path.join(dest, rel),
+                dfile=f"/{SITE}/crashcart/{rel}",
                 doraise=True,
                 invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
             )

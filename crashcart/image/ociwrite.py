@@ -97,6 +97,8 @@ class LayerWriter:
         """Every entry under `root`, sorted, as `prefix/relpath`; `skip`: relative paths
         whose contents stay out (the directory itself goes in, empty). Returns the count."""
         n = 0
+        if prefix.strip("/"):
+            self._parents(prefix.strip("/") + "/.")  # the prefix's directories first
         for rel in walk_sorted(root, skip):
             self._add_path(os.path.join(root, rel), _join(prefix, rel))
             n += 1

@@ -99,6 +99,7 @@ def ensure_node_image() -> Path:
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=BUILD_TIMEOUT)  # fmt: skip
         if proc.returncode != 0:
+            out.parent.rmdir()
             raise TestbedError(f"crashcart image node failed: {proc.stderr.strip()[-800:]}")
         _prune(keep=out.parent)
     return out

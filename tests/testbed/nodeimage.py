@@ -31,6 +31,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -99,7 +100,7 @@ def ensure_node_image() -> Path:
                               stdin=subprocess.DEVNULL, capture_output=True, text=True,
                               timeout=BUILD_TIMEOUT)  # fmt: skip
         if proc.returncode != 0:
-            out.parent.rmdir()
+            shutil.rmtree(out.parent, ignore_errors=True)
             raise TestbedError(f"crashcart image node failed: {proc.stderr.strip()[-800:]}")
         _prune(keep=out.parent)
     return out

@@ -65,6 +65,10 @@ def build_node(opts: NodeOptions, progress: Progress | None = None) -> ociwrite.
     progress = progress or Progress()
     ref = opts.tag or nodeimage.default_node_image()
     ociwrite.check_ref(ref)
+    if os.geteuid() != 0:
+        # mmdebstrap's unshare mode would leave the files owned by subordinate IDs, and the
+        # layer records owners as they are on disk.
+        raise ImageError("building the node image needs root", hint="run it with sudo")
     if not os.path.isfile(opts.toolbox):
         hint = "build one with `crashcart image build`, or pass --toolbox"
         raise ImageError(f"no toolbox image at {opts.toolbox}", hint=hint)

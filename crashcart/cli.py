@@ -33,6 +33,8 @@ usage: crashcart [OPTIONS] TARGET [--] [COMMAND [ARG...]]
        crashcart status [TARGET]       where a toolbox is mounted, live sessions
        crashcart cleanup               remove every crashcart mount from every container
        crashcart image build|info ...  build or describe a toolbox image
+       crashcart image node -o TAR     the node image: crashcart + toolbox, a container
+                                       image for docker/podman/ctr load (node pods)
        crashcart doctor [--json]       what this host offers, what is missing, the fixes
        crashcart completion [SHELL]    bash, zsh or fish completion (default: $SHELL's)
        crashcart man                   the manual page
@@ -309,6 +311,10 @@ def run(args: Args) -> int:
     if args.action in ("doctor", "completion", "man"):
         return _operator_tool(args)
     require_root()
+    if "CRASHCART_NODE_IMAGE" in os.environ:  # crashcart.nodeimage.NODE_ENV: in the node image
+        from crashcart.nodeimage import prepare_node_container
+
+        prepare_node_container()
     if args.action == "ps":
         from crashcart.ps import print_ps
 

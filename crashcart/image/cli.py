@@ -1,4 +1,4 @@
-"""`crashcart image build|info`.
+"""`crashcart image build|info|node`.
 
 Imports only argparse at module level: the builder's modules load when a command runs.
 """
@@ -58,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--no-cache", action="store_true", help="do not use or fill the .deb cache")
     b.add_argument("--keep-workdir", action="store_true", help="keep the scratch rootfs")
+    n = sub.add_parser(
+        "node",
+        help="build the node image (crashcart + a toolbox) as a container image tar",
+        description="One tar that docker load, podman load and ctr images import all take.",
+    )
+    n.add_argument("--output", "-o", required=True, help="the image tar to write")
+    n.add_argument("--toolbox", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    n.add_argument("--tag", help="NAME:TAG (default: crashcart's node image at this version)")
+    n.add_argument("--suite", help="Debian suite of the userland (default: bookworm)")
+    n.add_argument("--mirror", help="Debian mirror URL (default: http://deb.debian.org/debian)")
+    n.add_argument("--no-cache", action="store_true", help="do not use or fill the .deb cache")
     i = sub.add_parser("info", help="print an image's manifest and size")
     i.add_argument("path", nargs="?", default=DEFAULT_OUTPUT)
     i.add_argument("--json", action="store_true", help="the whole manifest as JSON")
@@ -76,6 +87,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.command == "build":
         return _build(args)
+    if args.command == "node":
+        return _node(args)
     return _info(args)
 
 
@@ -104,6 +117,25 @@ def _build(args: argparse.Namespace) -> int:
     )
     for line in problem_lines(reloc.get("not_relocated", [])):
         print(f"  not relocated: {line}")
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from crashcart.image.nodebuild import NodeOptions, build_node
+    from crashcart.image.progress import Progress
+
+    opts = NodeOptions(output=args.output, toolbox=args.toolbox, tag=args.tag)
+    if args.suite:
+        opts.suite = args.suite
+    if args.mirror:
+        opts.mirror = args.mirror
+    if args.no_cache:
+        opts.cache_dir = None
+    progress = Progress()
+    image = build_node(opts, progress)
+    took = sum(progress.timings.values())
+    print(f"{image.path}: {image.size / 2**20:.1f} MiB, image {image.config_digest[:19]}, "
+          f"manifest {image.manifest_digest}, {took:.0f} s")  # fmt: skip
     return 0
 
 

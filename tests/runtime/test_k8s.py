@@ -5,48 +5,22 @@ every pod is stopped and removed however the test ends."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import ccrun
-from tests.testbed import cri, runtimes
+from tests.testbed import cri
 from tests.testbed import leakcheck as lc
 from tests.testbed.cri import ContainerSpec, Kubelet, Pod, PodSpec
-from tests.testbed.require import missing, require_runtime
 from tests.testbed.runtimes import ContainerFactory
 
 pytestmark = pytest.mark.runtime
 
 SIDECAR = ContainerSpec("side", "busybox", command=["/bin/sleep", "3600"])
-
-
-@pytest.fixture(scope="module")
-def cri_images() -> None:
-    require_runtime("containerd")
-    if importlib.util.find_spec("grpc") is None:
-        missing("grpcio is not installed (the test extra: pip install '.[test]')")
-    try:
-        cri.check_host()
-        cri.ensure_images()
-    except runtimes.TestbedError as e:
-        missing(f"containerd's CRI test bed is not ready: {e}")
-
-
-@pytest.fixture
-def kubelet(cri_images: None, toolbox: str) -> Iterator[Kubelet]:
-    k = Kubelet()
-    try:
-        yield k
-    finally:
-        errors = k.close()
-        if errors:
-            pytest.fail("teardown could not remove:\n  " + "\n  ".join(errors))
 
 
 def run(*args: str) -> subprocess.CompletedProcess[bytes]:

@@ -6,7 +6,6 @@ CRI containers the status file the CRI plugin keeps for each container."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time

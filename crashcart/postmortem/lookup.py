@@ -30,8 +30,8 @@ def _module(name: str):  # type: ignore[no-untyped-def]
 
 def _runtimes(runtime: str | None) -> tuple[str, ...]:
     if runtime in ("runc", "pid"):
-        raise UsageError(f"{runtime} keeps nothing of a container that is not running: "
-                         "post-mortem and replay need docker, podman, containerd or k8s")  # fmt: skip
+        raise UsageError(f"{runtime} keeps nothing of a container that is not running: post-"
+                         "mortem and replay need docker, podman, k8s or containerd")  # fmt: skip
     return (runtime,) if runtime else RUNTIMES
 
 

@@ -431,8 +431,9 @@ def test_log_tails_of_each_format(tmp_path: Path) -> None:
     assert out is not None and out.splitlines()[-1] == "T stdout line 149"
     assert len(out.splitlines()) == logs.LINES
     k8s = tmp_path / "0.log"
-    k8s.write_text("T1 stderr P part \nT2 stderr F end\n")
-    assert logs.tail(str(k8s), "k8s-file") == "T1 stderr part T2 stderr end\n"
+    k8s.write_text("T1 stderr P part \nT2 stdout F other\nT3 stderr F end\nT4 stdout P cut")
+    # P (partial) entries join the next entry of their stream; a P left at the end stays.
+    assert logs.tail(str(k8s), "k8s-file") == "T2 stdout other\nT1 stderr part end\nT4 stdout cut\n"
     assert logs.tail(str(tmp_path / "missing"), "raw") is None
 
 

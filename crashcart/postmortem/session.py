@@ -110,7 +110,7 @@ def session_files(r: Record, found: cores.Cores) -> dict[str, bytes]:
     if text is not None:
         files[LOG_FILE] = text.encode()
     files[CORES_FILE] = "".join(line + "\n" for line in found.summary()).encode()
-    return files
+    return files | found.copies
 
 
 def postmortem_steps(layout: ownns.Layout, tty: bool) -> list[Step]:

@@ -45,6 +45,7 @@ class Core:
         self.pid = int(fields["pid"])
         self.usec = int(fields["usec"])
         self.ext = fields.get("ext") or ""
+        self.exe = ""  # the crashed program, as its container saw it (xattr user.coredump.exe)
 
     @property
     def host_path(self) -> str:
@@ -142,9 +143,13 @@ def find(r: Record) -> tuple[list[Core], str]:
         return [], f"{directory()} is missing"
     present = set(names)
     found = [c for c in from_journal(r, journal(r)) if c.name in present]
-    if found:
-        return found, "matched by the journal's COREDUMP_CGROUP"
-    return by_time(r, names), "matched by time (and hostname) against the container's life"
+    how = "matched by the journal's COREDUMP_CGROUP"
+    if not found:
+        found = by_time(r, names)
+        how = "matched by time (and hostname) against the container's life"
+    for core in found:
+        core.exe = _xattr(core.host_path, "exe") or ""
+    return found, how
 
 
 def session_copies(found: list[Core], session_dir: str) -> dict[str, bytes]:

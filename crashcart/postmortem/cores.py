@@ -66,11 +66,13 @@ def find(r: Record, pattern_file: str = PATTERN) -> Cores:
     except OSError:
         return Cores("", [], "not kept (core_pattern unreadable)", "")
     binary = _binary(r)
+    # systemd-coredump's store is read whatever the pattern is now: it may have changed
+    # since the crash (as a path pattern's cores stay in the writable layer).
+    kept = _systemd(r, pattern, binary)
+    if kept.files or kept.host_files or "systemd-coredump" in pattern:
+        return kept
     if pattern.startswith("|"):
-        if "systemd-coredump" in pattern:
-            return _systemd(r, pattern, binary)
-        else:
-            how = f"not kept as files: core_pattern pipes them to {pattern[1:].split()[0]}"
+        how = f"not kept as files: core_pattern pipes them to {pattern[1:].split()[0]}"
         return Cores(pattern, [], how, binary)
     if not r.upper:
         return Cores(pattern, [], "not kept (no writable layer)", binary)
@@ -86,7 +88,8 @@ def _systemd(r: Record, pattern: str, binary: str) -> Cores:
     if not found:
         how = f"none kept by systemd-coredump for it ({how}; `coredumpctl list` on the host)"
         return Cores(pattern, [], how, binary)
-    out = Cores(pattern, [], how, binary)
+    exe = found[-1].exe
+    out = Cores(pattern, [], how, f"/target{exe}" if exe.startswith("/") else binary)
     out.host_files = [c.host_path for c in found]
     out.copies = coredump.session_copies(found, SESSION_DIR)
     out.files = sorted(out.copies, key=lambda p: [c.name for c in found].index(

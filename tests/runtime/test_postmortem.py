@@ -22,7 +22,7 @@ import pytest
 from tests import ccrun
 from tests.testbed import images, runtimes
 from tests.testbed import leakcheck as lc
-from tests.testbed.require import require_runtime
+from tests.testbed.require import missing, require_runtime
 from tests.testbed.runtimes import Container, ContainerFactory
 
 SEGV_C = Path(__file__).resolve().parents[1] / "testbed" / "segv.c"
@@ -591,3 +591,81 @@ def test_systemd_coredump_file_names_and_journal_fields(tmp_path: Path) -> None:
     other = {"COREDUMP_CGROUP": "/system.slice/x", "COREDUMP_FILENAME": f"/x/{names[2]}"}
     found = coredump.from_journal(r, [json.dumps(other), "not json", json.dumps(entry)])
     assert [c.name for c in found] == [names[1]]
+
+
+COREDUMP = Path(__file__).resolve().parents[2] / "build" / "systemd-coredump"
+COREDUMP_STORE = Path("/var/lib/systemd/coredump")
+COREDUMP_SOCKET = Path("/run/systemd/coredump")
+
+
+@contextlib.contextmanager
+def real_systemd_coredump() -> Iterator[None]:
+    """Debian's systemd-coredump, unpacked by `scripts/runtimes fetch-coredump` (installing
+    it would pipe core_pattern to it for good): the kernel runs it with the package's own
+    pattern, it hands the core over /run/systemd/coredump to a second copy of itself that
+    systemd-socket-activate starts as systemd-coredump.socket would (Accept=yes,
+    SOCK_SEQPACKET), and that one stores the core in /var/lib/systemd/coredump."""
+    program = COREDUMP / "lib" / "systemd" / "systemd-coredump"
+    if not program.exists():
+        missing(f"{program} is missing: run scripts/runtimes fetch-coredump")
+    if shutil.which("systemd-socket-activate") is None or shutil.which("zstd") is None:
+        missing("systemd-socket-activate (systemd) or zstd is not installed")
+    if COREDUMP_SOCKET.exists():
+        pytest.skip(f"{COREDUMP_SOCKET} exists: the host runs its own systemd-coredump")
+    sysctl = (COREDUMP / "usr" / "lib" / "sysctl.d" / "50-coredump.conf").read_text()
+    pattern = next(ln.split("=", 1)[1] for ln in sysctl.splitlines()
+                   if ln.startswith("kernel.core_pattern="))  # fmt: skip
+    COREDUMP_SOCKET.parent.mkdir(exist_ok=True)
+    COREDUMP_STORE.mkdir(parents=True, exist_ok=True)
+    listener = subprocess.Popen(["systemd-socket-activate", "--seqpacket", "--accept", "-l",
+                                 str(COREDUMP_SOCKET), str(program)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    old = CORE_PATTERN.read_text()
+    try:
+        for _ in range(100):
+            if COREDUMP_SOCKET.exists():
+                break
+            time.sleep(0.02)
+        CORE_PATTERN.write_text(pattern.replace("/lib/systemd/systemd-coredump", str(program)))
+        yield
+    finally:
+        CORE_PATTERN.write_text(old)
+        listener.terminate()
+        listener.wait(10)
+        COREDUMP_SOCKET.unlink(missing_ok=True)
+
+
+def test_cores_kept_by_the_real_systemd_coredump(
+    crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    require_runtime("docker")
+    before = set(os.listdir(COREDUMP_STORE)) if COREDUMP_STORE.is_dir() else set()
+    made: list[Path] = []
+    try:
+        with real_systemd_coredump():
+            d = run_to_end(dead, "docker")
+            for _ in range(200):
+                made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
+                        if n.startswith("core.segv.")]  # fmt: skip
+                if made:
+                    break
+                time.sleep(0.05)
+        assert len(made) == 1, made
+        core = made[0]
+        with nothing_left(d):
+            proc = ccrun.run(d.target, "--", "sh", "-c", "cat /run/crashcart/cores; sha256sum "
+                             f"/run/crashcart/{core.name}")  # fmt: skip
+        out = ccrun.text(proc)
+        assert proc.returncode == 0, (out, proc.stderr)
+        first = out.splitlines()[0]
+        assert first.startswith("cores (systemd-coredump, matched by time (and hostname)"), out
+        assert f"/run/crashcart/{core.name}" in first, out
+        assert (f"open one with: zstd -dc /run/crashcart/{core.name} > /tmp/core && gdb -ex "
+                "'set sysroot /target' /target/segv /tmp/core") in out, out  # fmt: skip
+        assert hashlib.sha256(core.read_bytes()).hexdigest() in out, out  # copied as it is
+        # What systemd-coredump stored is the crashed container's real core (ELF ET_CORE).
+        raw = subprocess.run(["zstd", "-dc", str(core)], capture_output=True, check=True).stdout
+        assert raw[:4] == b"\x7fELF" and int.from_bytes(raw[16:18], "little") == 4
+    finally:
+        for p in made:
+            p.unlink(missing_ok=True)

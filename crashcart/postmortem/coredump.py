@@ -86,21 +86,24 @@ def _xattr(path: str, key: str) -> str | None:
         return None
 
 
-def by_time(r: Record, names: list[str]) -> list[Core]:
-    """Cores written while the container lived (and, where set, from its hostname)."""
+def in_window(r: Record, names: list[str]) -> list[Core]:
+    """Cores written while the container lived (a few seconds' slack either side)."""
     start, end = _seconds(r.started_at), _seconds(r.finished_at)
     if start is None or end is None:
         return []
     lo, hi = (start - SLACK_BEFORE) * 10**6, (end + SLACK_AFTER) * 10**6
+    return sorted((c for c in map(parse_name, names) if c and lo <= c.usec <= hi),
+                  key=lambda c: c.usec)  # fmt: skip
+
+
+def by_time(r: Record, names: list[str]) -> list[Core]:
+    """Cores of the container's life whose hostname xattr, where set, is the container's."""
     out = []
-    for core in filter(None, map(parse_name, names)):
-        if not lo <= core.usec <= hi:
-            continue
+    for core in in_window(r, names):
         host = _xattr(core.host_path, "hostname")
-        if host is not None and r.hostname and host != r.hostname:
-            continue
-        out.append(core)
-    return sorted(out, key=lambda c: c.usec)
+        if host is None or not r.hostname or host == r.hostname:
+            out.append(core)
+    return out
 
 
 def from_journal(r: Record, lines: list[str]) -> list[Core]:
@@ -141,8 +144,10 @@ def find(r: Record) -> tuple[list[Core], str]:
         names = sorted(os.listdir(directory()))
     except OSError:
         return [], f"{directory()} is missing"
-    present = set(names)
-    found = [c for c in from_journal(r, journal(r)) if c.name in present]
+    candidates = {c.name for c in in_window(r, names)}
+    if not candidates:  # the journal is asked only when a core is from the right time
+        return [], "none from the container's life"
+    found = [c for c in from_journal(r, journal(r)) if c.name in candidates]
     how = "matched by the journal's COREDUMP_CGROUP"
     if not found:
         found = by_time(r, names)

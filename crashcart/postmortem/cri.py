@@ -130,7 +130,15 @@ def choose(query: str) -> tuple[Attempt, list[Attempt]] | None:
         return None
     # A pod deleted and made again under its name has a new UID: the newest pod counts.
     uid = max(found, key=lambda a: a.created).uid
-    found = _pick_container([a for a in found if a.uid == uid], namespace is not None)
+    found = [a for a in found if a.uid == uid]
+    running = [a for a in found if a.running]
+    if container is None and running:
+        # A pod with running containers is a live session's (crashcart.targets.k8s chooses
+        # among them and names them when it cannot): never a dead container instead.
+        if len({a.container for a in running}) > 1:
+            return None
+        found = running
+    found = _pick_container(found, namespace is not None)
     best = _newest(found)
     return best, [a for a in found if a.container == best.container]
 

@@ -175,3 +175,20 @@ def test_crash_looping_container_the_newest_attempt(kubelet: Kubelet) -> None:
     assert ccrun.text(whole_pod).strip() == second.id, whole_pod
     text = pty.output.decode(errors="replace")
     assert "attempt 2 (restart count 2), the most recent of the attempts kept (1 too)" in text, text
+
+
+def test_dead_container_beside_a_running_one(kubelet: Kubelet) -> None:
+    """A pod whose app container died while its sidecar runs: naming the app opens its
+    post-mortem; the bare pod is the running sidecar's live session."""
+    spec = PodSpec(cri.pod_name("pm-side"), cri.pod_name("ns"),
+                   [ContainerSpec("side", "busybox", command=["/bin/sleep", "3600"])])  # fmt: skip
+    pod = kubelet.run_pod(spec)
+    d = run_to_end(kubelet, pod, sh("echo app-died; exit 2"))
+    with nothing_left(d):  # type: ignore[arg-type]
+        app = ccrun.run(pod.target("app"), "--", "sh", "-c", SHOW)
+        side = ccrun.run(pod.target(), "--", "sh", "-c", "echo $CRASHCART_TARGET_ID; ps -o args")
+    rec = record(ccrun.text(app))
+    assert app.returncode == 0 and rec["id"] == d.id and rec["exit_code"] == 2, app
+    assert " stdout app-died\n" in ccrun.text(app), app
+    assert side.returncode == 0, side
+    assert ccrun.text(side).split()[0] == pod["side"].id and "sleep 3600" in ccrun.text(side)

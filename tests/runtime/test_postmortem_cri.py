@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from tests import ccrun
-from tests.runtime.test_postmortem import _build_crashy, nothing_left, record
+from tests.runtime.test_postmortem import (
+    COREDUMP_STORE,
+    _build_crashy,
+    nothing_left,
+    real_systemd_coredump,
+    record,
+)
 from tests.testbed import cri, runtimes
 from tests.testbed.cri import ContainerSpec, Kubelet, Pod, PodSpec
 from tests.testbed.require import missing, require_runtime
@@ -192,3 +199,32 @@ def test_dead_container_beside_a_running_one(kubelet: Kubelet) -> None:
     assert " stdout app-died\n" in ccrun.text(app), app
     assert side.returncode == 0, side
     assert ccrun.text(side).split()[0] == pod["side"].id and "sleep 3600" in ccrun.text(side)
+
+
+def test_systemd_coredump_core_of_a_pod_container(kubelet: Kubelet) -> None:
+    """Debian's real systemd-coredump (see real_systemd_coredump) keeps the segfaulted pod
+    container's core; the post-mortem finds it by time and the pod's hostname."""
+    pod = empty_pod(kubelet, "pm-core")
+    before = set(os.listdir(COREDUMP_STORE)) if COREDUMP_STORE.is_dir() else set()
+    made: list[Path] = []
+    try:
+        with real_systemd_coredump():
+            d = run_to_end(kubelet, pod, ContainerSpec("app", "crashy"))
+            for _ in range(200):
+                made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
+                        if n.startswith("core.segv.")]  # fmt: skip
+                if made:
+                    break
+                time.sleep(0.05)
+        assert len(made) == 1, made
+        assert os.getxattr(made[0], "user.coredump.hostname") == pod.name.encode()
+        with nothing_left(d):  # type: ignore[arg-type]
+            proc = ccrun.run(pod.target("app"), "--", "sh", "-c", "cat /run/crashcart/cores; "
+                             f"ls /run/crashcart/{made[0].name}")  # fmt: skip
+        out = ccrun.text(proc)
+        assert proc.returncode == 0, (out, proc.stderr)
+        assert out.startswith("cores (systemd-coredump, matched by time"), out
+        assert f"zstd -dc /run/crashcart/{made[0].name} > /tmp/core" in out, out
+    finally:
+        for p in made:
+            p.unlink(missing_ok=True)

@@ -228,3 +228,19 @@ def test_systemd_coredump_core_of_a_pod_container(kubelet: Kubelet) -> None:
     finally:
         for p in made:
             p.unlink(missing_ok=True)
+
+
+def test_cri_status_checkpoint_fields() -> None:
+    """The CRI's status file as containerd 1.6 writes it (fields inlined beside Version);
+    Reason OOMKilled after a TaskOOM event. No runtime: the parsing alone."""
+    from crashcart.postmortem import cri as pm_cri
+    from crashcart.postmortem.record import Record
+
+    r = Record("k8s", "d" * 64, "x")
+    pm_cri.apply_status(r, {"Version": "v1", "Pid": 0, "CreatedAt": 1796306909798894445,
+                            "StartedAt": 1796306909968650045, "FinishedAt": 1796306909968336194,
+                            "ExitCode": 137, "Reason": "OOMKilled", "Message": ""})  # fmt: skip
+    assert (r.status, r.exit_code, r.signal, r.oom_killed) == ("exited", 137, 9, True)
+    assert r.started_at == r.finished_at == "2026-12-03T14:08:29Z"
+    pm_cri.apply_status(r, {"CreatedAt": 1796306909798894445})
+    assert (r.status, r.exit_code, r.oom_killed) == ("created", None, False)

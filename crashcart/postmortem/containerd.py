@@ -6,7 +6,6 @@ CRI containers the status file the CRI plugin keeps for each container."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import time
@@ -23,7 +22,6 @@ if TYPE_CHECKING:
     from typing import Any
 
 CRI_ROOT = "/var/lib/containerd/io.containerd.grpc.v1.cri/containers"
-POD_LOGS = "/var/log/pods"
 # Mount types of a spec that are the runtime's own (made fresh for each start), not data.
 OWN_TYPES = {"proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2", "shm"}
 
@@ -59,10 +57,10 @@ def find(query: str, namespace: str | None = None) -> Record | None:
     if not hits:
         return None
     ns, cid, _ = (exact or hits)[0]
-    return _record(ns, cid)
+    return record(ns, cid)
 
 
-def _record(ns: str, cid: str) -> Record:
+def record(ns: str, cid: str) -> Record:
     info = fastjson.loads(_ctr("-n", ns, "containers", "info", cid))
     if not isinstance(info, dict):
         raise RuntimeAnswerError(f"ctr containers info {cid}: not an object")
@@ -147,41 +145,26 @@ def _task(r: Record, ns: str) -> None:
 
 
 def _cri_status(r: Record, labels: dict[str, Any]) -> bool:
-    """The CRI plugin's own record of a Kubernetes container (status file: JSON of
-    {Version, Status {Pid, CreatedAt, StartedAt, FinishedAt (ns), ExitCode, Reason,
-    Message}}), and its log under /var/log/pods."""
+    """A Kubernetes container: the CRI's own status checkpoint and metadata
+    (crashcart.postmortem.cri), its log under /var/log/pods."""
     if labels.get("io.cri-containerd.kind") != "container":
         return False
-    try:
-        with open(os.path.join(CRI_ROOT, r.id, "status"), "rb") as f:
-            status = json.loads(f.read(1 << 20)).get("Status") or {}
-    except (OSError, ValueError, AttributeError):
+    from crashcart.postmortem import cri
+
+    status = cri.read_status(r.id)
+    found = cri.attempts([r.id])
+    if not status or not found:
         return False
-    r.name = str(labels.get("io.kubernetes.container.name") or r.id)
-    finished = int(status.get("FinishedAt") or 0)
-    r.status = "exited" if finished else ("running" if status.get("StartedAt") else "created")
-    r.exit_code = int(status.get("ExitCode") or 0) if finished else None
-    r.oom_killed = status.get("Reason") == "OOMKilled"
-    r.started_at = _iso(int(status.get("StartedAt") or 0) // 10**9)
-    r.finished_at = _iso(finished // 10**9) if finished else ""
-    r.error = str(status.get("Message") or "")
+    cri.apply_status(r, status)
+    cri.apply_metadata(r, found[0])
     if r.status == "running":
         _task(r, r.namespace or "k8s.io")
-    pod = "_".join(str(labels.get(f"io.kubernetes.pod.{k}") or "") for k in
-                   ("namespace", "name", "uid"))  # fmt: skip
-    _pod_log(r, os.path.join(POD_LOGS, pod, r.name))
+        r.log_path, r.log_format = found[0].log_path, "k8s-file"
     return True
 
 
-def _pod_log(r: Record, directory: str) -> None:
-    try:
-        logs = [n for n in os.listdir(directory) if n.removesuffix(".log").isdigit()]
-    except OSError:
-        return
-    if logs:
-        newest = max(logs, key=lambda n: int(n.removesuffix(".log")))
-        r.restart_count = int(newest.removesuffix(".log"))
-        r.log_path, r.log_format = os.path.join(directory, newest), "k8s-file"
+def iso_ns(ns: int) -> str:
+    return _iso(ns // 10**9) if ns > 0 else ""
 
 
 def _iso(seconds: int) -> str:

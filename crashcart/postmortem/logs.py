@@ -26,8 +26,31 @@ def tail(path: str, fmt: str, lines: int = LINES) -> str | None:
     raw = data.split(b"\n")
     if size > TAIL_BYTES:
         raw = raw[1:]  # the first one is cut
-    out = [_line(r, fmt) for r in raw if r]
+    out = _cri_lines(raw) if fmt == "k8s-file" else [_line(r, fmt) for r in raw if r]
     return "".join(out[-lines:])
+
+
+def _cri_lines(raw: list[bytes]) -> list[str]:
+    """CRI log entries `TIME STREAM P|F text`: the kubelet splits a long line into P
+    (partial) entries ended by an F one of the same stream; joined back into one line that
+    keeps the time of its first part."""
+    out: list[str] = []
+    pending: dict[str, tuple[str, list[str]]] = {}
+    for entry in filter(None, raw):
+        fields = entry.split(b" ", 3)
+        if len(fields) != 4 or fields[2] not in (b"P", b"F"):
+            out.append(entry.decode(errors="replace") + "\n")
+            continue
+        time, stream, tag, text = (f.decode(errors="replace") for f in fields)
+        first, parts = pending.pop(stream, (time, []))
+        parts.append(text)
+        if tag == "P":
+            pending[stream] = (first, parts)
+        else:
+            out.append(f"{first} {stream} {''.join(parts)}\n")
+    # A container killed mid-line leaves a partial entry with no F: keep what it wrote.
+    out += [f"{first} {stream} {''.join(parts)}\n" for stream, (first, parts) in pending.items()]
+    return out
 
 
 def _line(raw: bytes, fmt: str) -> str:
@@ -40,9 +63,4 @@ def _line(raw: bytes, fmt: str) -> str:
             )
         except (ValueError, AttributeError):
             pass
-    if fmt == "k8s-file":
-        fields = raw.split(b" ", 3)
-        if len(fields) == 4:
-            time, stream, tag, text = (f.decode(errors="replace") for f in fields)
-            return f"{time} {stream} {text}" + ("\n" if tag == "F" else "")
     return raw.decode(errors="replace") + "\n"

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from crashcart.errors import TargetError, UsageError
 from crashcart.postmortem.record import Record
-from crashcart.targets.model import Spec
+from crashcart.targets.model import Spec, parse_spec
 
-RUNTIMES = ("docker", "podman", "containerd")
+# k8s before containerd: a CRI container is also a containerd one, named better by its pod.
+RUNTIMES = ("docker", "podman", "k8s", "containerd")
 
 
 def _module(name: str):  # type: ignore[no-untyped-def]
@@ -18,6 +19,10 @@ def _module(name: str):  # type: ignore[no-untyped-def]
         from crashcart.postmortem import podman
 
         return podman
+    if name == "k8s":
+        from crashcart.postmortem import cri
+
+        return cri
     from crashcart.postmortem import containerd
 
     return containerd
@@ -25,8 +30,8 @@ def _module(name: str):  # type: ignore[no-untyped-def]
 
 def _runtimes(runtime: str | None) -> tuple[str, ...]:
     if runtime in ("runc", "pid"):
-        raise UsageError(f"{runtime} keeps nothing of a container that is not running: "
-                         "post-mortem and replay need docker, podman or containerd")  # fmt: skip
+        raise UsageError(f"{runtime} keeps nothing of a container that is not running: post-"
+                         "mortem and replay need docker, podman, k8s or containerd")  # fmt: skip
     return (runtime,) if runtime else RUNTIMES
 
 
@@ -35,7 +40,7 @@ def find_container(query: str, runtime: str | None, namespace: str | None = None
         mod = _module(name)
         if not mod.available():
             continue
-        found = mod.find(query, namespace) if name == "containerd" else mod.find(query)
+        found = mod.find(query, namespace) if name in ("containerd", "k8s") else mod.find(query)
         if found is not None:
             return found  # type: ignore[no-any-return]
     return None
@@ -60,12 +65,14 @@ def find_replay(text: str, runtime: str | None) -> Record:
     namespace = None
     if scheme == "containerd" and "/" in query:
         namespace, _, query = query.partition("/")
+    elif scheme == "k8s":
+        query = parse_spec(text, None).query  # k8s://POD is k8s://default/POD
     if not query:
         raise UsageError(f"invalid target {text!r}")
     for name in names:
         mod = _module(name)
         if mod.available():
-            found = mod.find(query, namespace) if name == "containerd" else mod.find(query)
+            found = mod.find(query, namespace) if name in ("containerd", "k8s") else mod.find(query)
             if found is not None:
                 return found  # type: ignore[no-any-return]
     for name in names:

@@ -54,6 +54,8 @@ class Record:
         self.log_path = ""
         self.log_format = ""  # json-file, k8s-file, raw
         self.notes: list[str] = []
+        self.pod: dict[str, object] | None = None  # Kubernetes: namespace, pod, uid, attempt ...
+        self.attempt_line = ""  # Kubernetes: which restart attempt this is
 
     @property
     def short_id(self) -> str:
@@ -104,5 +106,5 @@ class Record:
             "hostname": self.hostname, "upper_dir": self.upper,
             "layers": self.layers, "mounts": [{"source": s, "destination": d}
                                               for s, d in self.mounts],
-            "log_path": self.log_path,
+            "log_path": self.log_path, "pod": self.pod,
         }  # fmt: skip

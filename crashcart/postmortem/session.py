@@ -86,6 +86,8 @@ def summary(r: Record, found: cores.Cores) -> list[str]:
         if r.signal:
             how += f" (128+{r.signal}: killed by {SIGNALS.get(r.signal, 'signal')})"
     lines = [f"{r.describe()} {how}" + ("; OOM-killed" if r.oom_killed else "")]
+    if r.attempt_line:
+        lines.append(r.attempt_line)
     if r.started_at or r.finished_at:
         lines.append(f"started {r.started_at or '?'}, finished {r.finished_at or '?'}"
                      + (f", restarts {r.restart_count}" if r.restart_count else ""))  # fmt: skip
@@ -108,7 +110,7 @@ def session_files(r: Record, found: cores.Cores) -> dict[str, bytes]:
     if text is not None:
         files[LOG_FILE] = text.encode()
     files[CORES_FILE] = "".join(line + "\n" for line in found.summary()).encode()
-    return files
+    return files | found.copies
 
 
 def postmortem_steps(layout: ownns.Layout, tty: bool) -> list[Step]:

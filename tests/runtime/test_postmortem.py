@@ -22,7 +22,7 @@ import pytest
 from tests import ccrun
 from tests.testbed import images, runtimes
 from tests.testbed import leakcheck as lc
-from tests.testbed.require import require_runtime
+from tests.testbed.require import missing, require_runtime
 from tests.testbed.runtimes import Container, ContainerFactory
 
 SEGV_C = Path(__file__).resolve().parents[1] / "testbed" / "segv.c"
@@ -431,12 +431,15 @@ def test_log_tails_of_each_format(tmp_path: Path) -> None:
     assert out is not None and out.splitlines()[-1] == "T stdout line 149"
     assert len(out.splitlines()) == logs.LINES
     k8s = tmp_path / "0.log"
-    k8s.write_text("T1 stderr P part \nT2 stderr F end\n")
-    assert logs.tail(str(k8s), "k8s-file") == "T1 stderr part T2 stderr end\n"
+    k8s.write_text("T1 stderr P part \nT2 stdout F other\nT3 stderr F end\nT4 stdout P cut")
+    # P (partial) entries join the next entry of their stream; a P left at the end stays.
+    assert logs.tail(str(k8s), "k8s-file") == "T2 stdout other\nT1 stderr part end\nT4 stdout cut\n"
     assert logs.tail(str(tmp_path / "missing"), "raw") is None
 
 
-def test_cores_are_found_by_content_and_pipes_are_named(tmp_path: Path) -> None:
+def test_cores_are_found_by_content_and_pipes_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from crashcart.postmortem import cores
     from crashcart.postmortem.record import Record
 
@@ -452,7 +455,9 @@ def test_cores_are_found_by_content_and_pipes_are_named(tmp_path: Path) -> None:
     assert found.files == ["/target/tmp/dump"], found.files
     assert "gdb -ex 'set sysroot /target' /target/segv /target/tmp/dump" in found.summary()[1]
     pattern.write_text("|/lib/systemd/systemd-coredump %P %u %g %s %t %c %h\n")
-    assert "coredumpctl" in cores.find(r, str(pattern)).summary()[0]
+    monkeypatch.setenv("CRASHCART_COREDUMP_DIR", str(tmp_path / "no-such-dir"))
+    line = cores.find(r, str(pattern)).summary()[0]
+    assert "none kept by systemd-coredump" in line and "coredumpctl list" in line, line
     pattern.write_text("|/usr/bin/apport %p\n")
     assert "not kept" in cores.find(r, str(pattern)).summary()[0]
 
@@ -505,3 +510,162 @@ def test_volumes_are_read_only_at_their_places(
     assert ccrun.text(proc) == "in-volume\n", proc
     assert b"Read-only file system" in proc.stderr and proc.returncode != 0, proc
     assert sorted(os.listdir(vol)) == ["f"]
+
+
+STANDIN = """#!/usr/bin/python3
+# A STAND-IN for systemd-coredump (not the real program: that one hands the core to
+# systemd-coredump.socket, which needs systemd as PID 1): it stores the core the way
+# systemd-coredump does, xz-compressed as core.COMM.UID.BOOTID.PID.USEC.xz with its
+# user.coredump.* xattrs.
+import lzma, os, sys
+pid, uid, gid, sig, t, limit, host, comm = sys.argv[1:9]
+boot = open("/proc/sys/kernel/random/boot_id").read().strip().replace("-", "")
+path = os.path.join(STORE, f"core.{comm}.{uid}.{boot}.{pid}.{t}000000.xz")
+with open(path + ".tmp", "wb") as f:
+    f.write(lzma.compress(sys.stdin.buffer.read()))
+for key, value in (("pid", pid), ("uid", uid), ("gid", gid), ("signal", sig),
+                   ("timestamp", t + "000000"), ("hostname", host), ("comm", comm)):
+    os.setxattr(path + ".tmp", "user.coredump." + key, value.encode())
+os.rename(path + ".tmp", path)
+"""
+
+
+def test_systemd_coredump_cores_are_listed_and_open_in_gdb(
+    crashy: Path, dead: list[Dead], toolbox: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """core_pattern pipes to a stand-in for systemd-coredump (STANDIN says why) that names
+    and stores the files as systemd-coredump does; crashcart's real parser finds the real
+    core of a real crashed container among them, copies it into the session, and the
+    session opens it with gdb as the summary says."""
+    store = tmp_path / "coredump"
+    store.mkdir()
+    helper = tmp_path / "systemd-coredump"
+    helper.write_text(STANDIN.replace("STORE", repr(str(store))))
+    helper.chmod(0o755)
+    os.chmod(tmp_path, 0o755)
+    # An older core of another process, outside the container's life: never listed.
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")
+    (store / f"core.other.0.{boot}.1.1000000000000000.xz").write_bytes(b"old")
+    old = CORE_PATTERN.read_text()
+    CORE_PATTERN.write_text(f"|{helper} %P %u %g %s %t %c %h %e")
+    try:
+        d = run_to_end(dead, "docker")
+        for _ in range(100):
+            if any(p.name.startswith("core.segv.") and p.suffix == ".xz" for p in store.iterdir()):
+                break
+            time.sleep(0.05)
+        monkeypatch.setenv("CRASHCART_COREDUMP_DIR", str(store))
+        with nothing_left(d):
+            proc = ccrun.run(d.target, "--", "cat", "/run/crashcart/cores")
+            assert "open one with: " in ccrun.text(proc), proc
+            cmd = ccrun.text(proc).splitlines()[-1].split("open one with: ")[1].split(" (")[0]
+            gdb = ccrun.run(d.target, "--", "sh", "-c", cmd.replace("gdb ", "gdb -batch -ex bt "),
+                            image=os.environ.get("CRASHCART_TEST_DEFAULT_IMAGE"))  # fmt: skip
+    finally:
+        CORE_PATTERN.write_text(old)
+    out = ccrun.text(proc)
+    assert proc.returncode == 0, proc.stderr
+    assert "cores (systemd-coredump, matched by time" in out and "/run/crashcart/core.segv." in out
+    assert "core.other." not in out, out
+    assert "xz -dc /run/crashcart/core.segv." in cmd and "/target/segv /tmp/core" in cmd, cmd
+    text = ccrun.text(gdb)
+    assert gdb.returncode == 0, text
+    assert "SIGSEGV" in text and "crash_here" in text, text
+
+
+def test_systemd_coredump_file_names_and_journal_fields(tmp_path: Path) -> None:
+    from crashcart.postmortem import coredump
+    from crashcart.postmortem.record import Record
+
+    boot = "0123456789abcdef0123456789abcdef"
+    core = coredump.parse_name(f"core.my\\x2eprog.1000.{boot}.4242.1796306909968336.zst")
+    assert core is not None and (core.comm, core.pid, core.ext) == ("my\\x2eprog", 4242, ".zst")
+    assert coredump.parse_name(f"core.a.0.{boot}.1.2.lz4").ext == ".lz4"  # type: ignore[union-attr]
+    assert coredump.parse_name("core.a.0.nothex.1.2.zst") is None
+    r = Record("docker", "c" * 64, "web")
+    r.started_at, r.finished_at = "2026-12-03T14:08:29.96Z", "2026-12-03 15:08:30.1 +0100 CET"
+    names = [f"core.a.0.{boot}.1.{usec}.zst" for usec in
+             (1796306909968336, 1796306800000000, 1796307000000000)]  # fmt: skip
+    assert [c.usec for c in coredump.by_time(r, names)] == [1796306909968336]
+    entry = {"COREDUMP_CGROUP": f"/docker/{r.id}", "COREDUMP_FILENAME": f"/x/{names[1]}"}
+    other = {"COREDUMP_CGROUP": "/system.slice/x", "COREDUMP_FILENAME": f"/x/{names[2]}"}
+    found = coredump.from_journal(r, [json.dumps(other), "not json", json.dumps(entry)])
+    assert [c.name for c in found] == [names[1]]
+
+
+COREDUMP = Path(__file__).resolve().parents[2] / "build" / "systemd-coredump"
+COREDUMP_STORE = Path("/var/lib/systemd/coredump")
+COREDUMP_SOCKET = Path("/run/systemd/coredump")
+
+
+@contextlib.contextmanager
+def real_systemd_coredump() -> Iterator[None]:
+    """Debian's systemd-coredump, unpacked by `scripts/runtimes fetch-coredump` (installing
+    it would pipe core_pattern to it for good): the kernel runs it with the package's own
+    pattern, it hands the core over /run/systemd/coredump to a second copy of itself that
+    systemd-socket-activate starts as systemd-coredump.socket would (Accept=yes,
+    SOCK_SEQPACKET), and that one stores the core in /var/lib/systemd/coredump."""
+    program = COREDUMP / "lib" / "systemd" / "systemd-coredump"
+    if not program.exists():
+        missing(f"{program} is missing: run scripts/runtimes fetch-coredump")
+    if shutil.which("systemd-socket-activate") is None or shutil.which("zstd") is None:
+        missing("systemd-socket-activate (systemd) or zstd is not installed")
+    if COREDUMP_SOCKET.exists():
+        pytest.skip(f"{COREDUMP_SOCKET} exists: the host runs its own systemd-coredump")
+    sysctl = (COREDUMP / "usr" / "lib" / "sysctl.d" / "50-coredump.conf").read_text()
+    pattern = next(ln.split("=", 1)[1] for ln in sysctl.splitlines()
+                   if ln.startswith("kernel.core_pattern="))  # fmt: skip
+    COREDUMP_SOCKET.parent.mkdir(exist_ok=True)
+    COREDUMP_STORE.mkdir(parents=True, exist_ok=True)
+    listener = subprocess.Popen(["systemd-socket-activate", "--seqpacket", "--accept", "-l",
+                                 str(COREDUMP_SOCKET), str(program)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    old = CORE_PATTERN.read_text()
+    try:
+        for _ in range(100):
+            if COREDUMP_SOCKET.exists():
+                break
+            time.sleep(0.02)
+        CORE_PATTERN.write_text(pattern.replace("/lib/systemd/systemd-coredump", str(program)))
+        yield
+    finally:
+        CORE_PATTERN.write_text(old)
+        listener.terminate()
+        listener.wait(10)
+        COREDUMP_SOCKET.unlink(missing_ok=True)
+
+
+def test_cores_kept_by_the_real_systemd_coredump(
+    crashy: Path, dead: list[Dead], toolbox: str
+) -> None:
+    require_runtime("docker")
+    before = set(os.listdir(COREDUMP_STORE)) if COREDUMP_STORE.is_dir() else set()
+    made: list[Path] = []
+    try:
+        with real_systemd_coredump():
+            d = run_to_end(dead, "docker")
+            for _ in range(200):
+                made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
+                        if n.startswith("core.segv.")]  # fmt: skip
+                if made:
+                    break
+                time.sleep(0.05)
+        assert len(made) == 1, made
+        core = made[0]
+        with nothing_left(d):
+            proc = ccrun.run(d.target, "--", "sh", "-c", "cat /run/crashcart/cores; sha256sum "
+                             f"/run/crashcart/{core.name}")  # fmt: skip
+        out = ccrun.text(proc)
+        assert proc.returncode == 0, (out, proc.stderr)
+        first = out.splitlines()[0]
+        assert first.startswith("cores (systemd-coredump, matched by time (and hostname)"), out
+        assert f"/run/crashcart/{core.name}" in first, out
+        assert (f"open one with: zstd -dc /run/crashcart/{core.name} > /tmp/core && gdb -ex "
+                "'set sysroot /target' /target/segv /tmp/core") in out, out  # fmt: skip
+        assert hashlib.sha256(core.read_bytes()).hexdigest() in out, out  # copied as it is
+        # What systemd-coredump stored is the crashed container's real core (ELF ET_CORE).
+        raw = subprocess.run(["zstd", "-dc", str(core)], capture_output=True, check=True).stdout
+        assert raw[:4] == b"\x7fELF" and int.from_bytes(raw[16:18], "little") == 4
+    finally:
+        for p in made:
+            p.unlink(missing_ok=True)

@@ -605,9 +605,13 @@ def real_systemd_coredump() -> Iterator[None]:
     pattern, it hands the core over /run/systemd/coredump to a second copy of itself that
     systemd-socket-activate starts as systemd-coredump.socket would (Accept=yes,
     SOCK_SEQPACKET), and that one stores the core in /var/lib/systemd/coredump."""
-    program = COREDUMP / "lib" / "systemd" / "systemd-coredump"
-    if not program.exists():
-        missing(f"{program} is missing: run scripts/runtimes fetch-coredump")
+    # Debian 12 ships it in /lib/systemd, Debian 13 (merged /usr) in /usr/lib/systemd.
+    found = [p for p in (COREDUMP / "usr/lib/systemd/systemd-coredump",
+                         COREDUMP / "lib/systemd/systemd-coredump") if p.exists()]  # fmt: skip
+    if not found:
+        missing(f"{COREDUMP}/[usr/]lib/systemd/systemd-coredump is missing: run "
+                "scripts/runtimes fetch-coredump")  # fmt: skip
+    program = found[0]
     if shutil.which("systemd-socket-activate") is None or shutil.which("zstd") is None:
         missing("systemd-socket-activate (systemd) or zstd is not installed")
     if COREDUMP_SOCKET.exists():
@@ -626,7 +630,8 @@ def real_systemd_coredump() -> Iterator[None]:
             if COREDUMP_SOCKET.exists():
                 break
             time.sleep(0.02)
-        CORE_PATTERN.write_text(pattern.replace("/lib/systemd/systemd-coredump", str(program)))
+        # The package's pattern names its program (|/[usr/]lib/systemd/systemd-coredump ...).
+        CORE_PATTERN.write_text(f"|{program} {pattern.split(maxsplit=1)[1]}")
         yield
     finally:
         CORE_PATTERN.write_text(old)

@@ -164,7 +164,7 @@ _crashcart() {
             completion) ((${#rest[@]})) || reply="@SHELLS@" ;;
             image)
                 if ((${#rest[@]} == 0)); then
-                    reply="build info"
+                    reply="build info node"
                 elif [[ ${rest[0]} == build && " @BUILD_VALUED@ " == *" ${rest[-1]} "* ]]; then
                     _crashcart_build_value "${rest[-1]}"
                 elif [[ ${rest[0]} == build ]]; then
@@ -304,7 +304,7 @@ _crashcart() {
             completion) (( ${#rest} )) || compadd -- @SHELLS@ ;;
             image)
                 if (( ${#rest} == 0 )); then
-                    compadd -- build info
+                    compadd -- build info node
                 elif [[ ${rest[1]} == build && " @BUILD_VALUED@ " == *" ${rest[-1]} "* ]]; then
                     _crashcart_build_value ${rest[-1]}
                 elif [[ ${rest[1]} == build ]]; then
@@ -415,7 +415,7 @@ function __crashcart_complete
                 test (count $rest) -gt 0; or printf '%s\n' @SHELLS@
             case image
                 if test (count $rest) -eq 0
-                    printf '%s\n' build info
+                    printf '%s\n' build info node
                 else if test "$rest[1]" = build; and contains -- $rest[-1] @BUILD_VALUED@
                     __crashcart_build_value $rest[-1]
                 else if test "$rest[1]" = build

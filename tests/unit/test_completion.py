@@ -98,7 +98,7 @@ CASES = [
     ("crashcart --record-i", ["--record-input"]),
     ("crashcart -q --privileged do", ["docker://", "doctor"]),
     ("crashcart completion ", ["bash", "fish", "zsh"]),
-    ("crashcart image ", ["build", "info"]),
+    ("crashcart image ", ["build", "info", "node"]),
     ("crashcart image build --format ", ["erofs", "ext4", "squashfs"]),
     ("crashcart image build --no-c", ["--no-cache"]),
     ("crashcart cont", ["containerd://"]),

@@ -78,7 +78,7 @@ function __crashcart_complete
                 test (count $rest) -gt 0; or printf '%s\n' bash zsh fish
             case image
                 if test (count $rest) -eq 0
-                    printf '%s\n' build info
+                    printf '%s\n' build info node
                 else if test "$rest[1]" = build; and contains -- $rest[-1] --format --from-image --from-rootfs --mirror --output --recipe --suite -o
                     __crashcart_build_value $rest[-1]
                 else if test "$rest[1]" = build

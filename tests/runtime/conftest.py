@@ -50,10 +50,5 @@ def cri_images() -> None:
 @pytest.fixture
 def kubelet(cri_images: None, toolbox: str) -> Iterator[Kubelet]:
     """Pods on containerd's CRI for one test, all removed at teardown (tests/testbed/cri.py)."""
-    k = Kubelet()
-    try:
+    with cri.kubelet() as k:
         yield k
-    finally:
-        errors = k.close()
-        if errors:
-            pytest.fail("teardown could not remove:\n  " + "\n  ".join(errors))

@@ -598,6 +598,18 @@ COREDUMP_STORE = Path("/var/lib/systemd/coredump")
 COREDUMP_SOCKET = Path("/run/systemd/coredump")
 
 
+def stored_cores(before: set[str], timeout: float = 10) -> list[Path]:
+    """The segfault fixture's cores systemd-coredump stored since `before` (it stores them
+    after the crashed process is gone: a short wait)."""
+    end = time.monotonic() + timeout
+    while True:
+        made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
+                if n.startswith("core.segv.")]  # fmt: skip
+        if made or time.monotonic() > end:
+            return made
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def real_systemd_coredump() -> Iterator[None]:
     """Debian's systemd-coredump, unpacked by `scripts/runtimes fetch-coredump` (installing
@@ -649,12 +661,7 @@ def test_cores_kept_by_the_real_systemd_coredump(
     try:
         with real_systemd_coredump():
             d = run_to_end(dead, "docker")
-            for _ in range(200):
-                made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
-                        if n.startswith("core.segv.")]  # fmt: skip
-                if made:
-                    break
-                time.sleep(0.05)
+            made = stored_cores(before)
         assert len(made) == 1, made
         core = made[0]
         with nothing_left(d):

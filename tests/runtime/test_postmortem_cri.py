@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from tests.runtime.test_postmortem import (
     nothing_left,
     real_systemd_coredump,
     record,
+    stored_cores,
 )
 from tests.testbed import cri, runtimes
 from tests.testbed.cri import ContainerSpec, Kubelet, Pod, PodSpec
@@ -49,14 +49,9 @@ def crashy_k8s() -> Path:
 
 
 @pytest.fixture
-def kubelet(crashy_k8s: Path, toolbox: str) -> Iterator[Kubelet]:
-    k = Kubelet()
-    try:
-        yield k
-    finally:
-        errors = k.close()
-        if errors:
-            pytest.fail("teardown could not remove:\n  " + "\n  ".join(errors))
+def kubelet(crashy_k8s: Path, kubelet: Kubelet) -> Kubelet:
+    """conftest's kubelet, with the segfault image imported first."""
+    return kubelet
 
 
 class CriDead:
@@ -210,12 +205,7 @@ def test_systemd_coredump_core_of_a_pod_container(kubelet: Kubelet) -> None:
     try:
         with real_systemd_coredump():
             d = run_to_end(kubelet, pod, ContainerSpec("app", "crashy"))
-            for _ in range(200):
-                made = [COREDUMP_STORE / n for n in set(os.listdir(COREDUMP_STORE)) - before
-                        if n.startswith("core.segv.")]  # fmt: skip
-                if made:
-                    break
-                time.sleep(0.05)
+            made = stored_cores(before)
         assert len(made) == 1, made
         assert os.getxattr(made[0], "user.coredump.hostname") == pod.name.encode()
         with nothing_left(d):  # type: ignore[arg-type]

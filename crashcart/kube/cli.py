@@ -38,7 +38,7 @@ EXEC_GRACE = 5.0  # seconds kubectl exec gets to end after a signal before it is
 # (on some hosts PID 1's /proc entries are guarded, measured here: EACCES on ns/).
 HOST_ANCHOR = "pid://2"
 
-USAGE = f"""usage: {PROG} [OPTIONS] POD [-- COMMAND [ARG...]]
+USAGE = f"""{PROG} [OPTIONS] POD [-- COMMAND [ARG...]]
        {PROG} [OPTIONS] node NODE [-- COMMAND [ARG...]]
        {PROG} [OPTIONS] cleanup
 
@@ -84,9 +84,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _seconds(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
     if not 0 < value <= 3600:
-        raise ValueError(text)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds in (0, 3600]")
     return value
 
 

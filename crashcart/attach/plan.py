@@ -18,6 +18,7 @@ from crashcart.attach.context import Context, Step
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
 from crashcart.errors import UsageError
 from crashcart.linux import caps, cgroups, libc, mountapi, ns, procfs
+from crashcart.linux.fd import close_all, closing
 from crashcart.pinned import PinnedTarget, TargetInfo
 from crashcart.targets.model import Target
 from crashcart.text import printable
@@ -53,9 +54,7 @@ class Prepared:
 
     def close_child_ends(self) -> None:
         """After the fork of the setup process: what only it needed."""
-        for fd in (self.ctx.report_w, self.ctx.go_r):
-            if fd >= 0:
-                os.close(fd)
+        close_all((self.ctx.report_w, self.ctx.go_r))
         self.ctx.report_w = self.ctx.go_r = -1
         if self.toolbox is not None:
             self.toolbox.close()
@@ -63,9 +62,7 @@ class Prepared:
         self.ctx.sock.close()
 
     def close(self) -> None:
-        for fd in (self.ctx.report_w, self.ctx.go_r, self.report_r, self.go_w, *self.cgroup_fds):
-            if fd >= 0:
-                os.close(fd)
+        close_all((self.ctx.report_w, self.ctx.go_r, self.report_r, self.go_w, *self.cgroup_fds))
         self.cgroup_fds = []
         self.report_r = self.go_w = self.ctx.report_w = self.ctx.go_r = -1
         if self.toolbox is not None:
@@ -86,12 +83,10 @@ def read_in_root(root_fd: int, path: str, limit: int = 1 << 20) -> str | None:
         fd = libc.openat2(root_fd, path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK, flags)
     except OSError:
         return None
-    try:
+    with closing(fd):
         if not stat.S_ISREG(os.fstat(fd).st_mode) or libc.fstatfs_type(fd) in PSEUDO_FS:
             return None
         return os.read(fd, limit).decode(errors="replace")
-    finally:
-        os.close(fd)
 
 
 def resolve_user(spec: str | None, root_fd: int, info: TargetInfo) -> tuple[int, int, str]:
@@ -275,8 +270,7 @@ def cgroup_files(pinned: PinnedTarget, join: bool) -> tuple[list[int], str | Non
                     "the target's cgroup disappeared (the container stopped?)"
                 ) from None
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        close_all(fds)
         raise
     return fds, note
 
@@ -285,6 +279,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
     pinned = PinnedTarget(target, allow_host=opts.allow_host)
     opened: list[int] = []
     toolbox = None
+    socks: list[_socket.socket] = []
     try:
         info = pinned.info
         cgroup_fds, paused = cgroup_files(pinned, opts.join_cgroup)
@@ -295,14 +290,15 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
             from crashcart.errors import TargetGone
 
             raise TargetGone(f"{target.describe()} exited while crashcart attached")
-        host_sock, child_sock = _socket.socketpair(
-            _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
-        )
+        socks += _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        host_sock, child_sock = socks
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        opened += (report_r, report_w)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
     except BaseException:
-        for fd in opened:
-            os.close(fd)
+        close_all(opened)  # the pipes too: a second pipe2 can fail with EMFILE
+        for sock in socks:
+            sock.close()
         if toolbox is not None:
             toolbox.close()
         pinned.close()

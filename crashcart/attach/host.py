@@ -23,6 +23,7 @@ from crashcart.errors import (
     TargetGone,
 )
 from crashcart.linux import libc, procfs, proctitle, sig, terminal
+from crashcart.linux.fd import close_all
 from crashcart.targets.model import Target
 from crashcart.text import printable, safe_output
 
@@ -174,8 +175,11 @@ class Session:
             events = dict(poller.poll(left * 1000))
             if sock.fileno() in events:
                 kind, body, fds = wire.recv(sock)
-                if self._setup_message(kind, body, fds):
-                    return
+                try:
+                    if self._setup_message(kind, body, fds):
+                        return
+                finally:
+                    close_all(fds)  # what the message carried and no step took (a FAILED)
             elif self.setup_pidfd in events:
                 self._setup_died()
 
@@ -190,8 +194,6 @@ class Session:
             raise CrashcartError(text)
         elif not kind:  # the setup process closed its socket: it forks the supervisor now
             self._find_supervisor()
-        for fd in fds:
-            os.close(fd)
         return self.sup_pid > 0
 
     def _find_supervisor(self) -> None:
@@ -388,9 +390,7 @@ class Session:
             _kill_pidfd(self.setup_pidfd)
             self._sweep()
         self._wait_setup(KILL_GRACE)
-        for fd in (self.master, self.sup_pidfd, self.setup_pidfd):
-            if fd >= 0:
-                os.close(fd)
+        close_all((self.master, self.sup_pidfd, self.setup_pidfd))
         self.master = self.sup_pidfd = self.setup_pidfd = -1
 
     def _reap_setup(self) -> tuple[int, int | None]:

@@ -41,7 +41,7 @@ def wants_tty(opts: SessionOptions) -> bool:
     return os.isatty(0) and os.isatty(1)
 
 
-def say(text: str, raw: bool = False) -> None:
+def say(text: str, *, raw: bool = False) -> None:
     """One message on stderr; with the terminal in raw mode, at the start of a line."""
     line = safe_output(text)
     if raw:
@@ -54,7 +54,7 @@ def say(text: str, raw: bool = False) -> None:
 
 def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
     tty = wants_tty(opts)
-    prep = plan.prepare(target, spec_text, opts, tty)
+    prep = plan.prepare(target, spec_text, opts, tty=tty)
     try:
         if opts.debug:
             _print_plan(prep)
@@ -255,7 +255,7 @@ class Session:
             r = relay.Relay([(0, master)], [(master, 1)], self.sup_pidfd)
             r.tap = record.active.tap if record.active else None
             if self.raw:
-                r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, True))
+                r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, raw=True))
         else:
             r = relay.Relay(pipes.inputs(), pipes.outputs(), self.sup_pidfd,
                             pipes.close_host_end)  # fmt: skip
@@ -342,7 +342,7 @@ class Session:
         if stopped and not self.warned_stopped:
             self.warned_stopped = True
             say("crashcart: the session's supervisor was stopped from inside the container"
-                + ("; type ~. to end the session" if self.raw else ""), self.raw)  # fmt: skip
+                + ("; type ~. to end the session" if self.raw else ""), raw=self.raw)  # fmt: skip
         if not self.exec_seen and not self.error and now > self.deadline:
             self._end("stuck")
         elif (

@@ -41,7 +41,7 @@ class Layout:
     while it still sees the host's mount namespace."""
 
     def __init__(self, layers: list[str], mounts: list[tuple[str, str]], hostname: str,
-                 files: dict[str, bytes], writable: bool) -> None:  # fmt: skip
+                 files: dict[str, bytes], *, writable: bool) -> None:  # fmt: skip
         self.layers = layers  # topmost first: the container's writable layer, then the image's
         self.mounts = mounts  # (host source, destination in the container), read-only
         self.hostname = hostname
@@ -90,12 +90,12 @@ def overlay(layout: Layout) -> Step:
 
     @step(f"overlay of the container's {n} layer{'s' * (n != 1)} ({how}), detached")
     def make_overlay(ctx: Context) -> None:
-        ctx.target_tree = overlay_mount(layout.layers, layout.writable)
+        ctx.target_tree = overlay_mount(layout.layers, writable=layout.writable)
 
     return make_overlay
 
 
-def overlay_mount(layers: list[str], writable: bool) -> int:
+def overlay_mount(layers: list[str], *, writable: bool) -> int:
     """Each layer as `lowerdir+` (Linux >= 6.8: no colon-list parsing, no length limit of
     one option string). Read-only: an overlay needs two lower layers without an upper one,
     so a single layer is a plain read-only bind. Writable: upperdir and workdir are fds of a

@@ -208,7 +208,7 @@ def workdir(opts: SessionOptions, info: TargetInfo) -> str:
     return "/target" + (cwd if cwd != "/" else "")
 
 
-def steps(nss: ns.Namespaces, tty: bool, *, in_place: bool = False) -> list[Step]:
+def steps(nss: ns.Namespaces, *, tty: bool, in_place: bool = False) -> list[Step]:
     """What the setup process does, in order. Names the namespaces actually joined."""
     before = tuple(k for k in ns.BEFORE_MOUNT if k in nss.foreign)
     out = [mounts.join(before)] if before else []
@@ -275,7 +275,7 @@ def cgroup_files(pinned: PinnedTarget, join: bool) -> tuple[list[int], str | Non
     return fds, note
 
 
-def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> Prepared:
+def prepare(target: Target, spec_text: str, opts: SessionOptions, *, tty: bool) -> Prepared:
     pinned = PinnedTarget(target, allow_host=opts.allow_host)
     opened: list[int] = []
     toolbox = None
@@ -312,7 +312,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
                          "sees every host process")  # fmt: skip
     if opts.debug and opts.user is not None:
         ctx.notes.append(f"--user {printable(opts.user)}: uid {uid}, gid {gid} (from {gid_from})")
-    plan = steps(pinned.nss, tty, in_place=opts.in_place)
+    plan = steps(pinned.nss, tty=tty, in_place=opts.in_place)
     return Prepared(target, pinned, ctx, host_sock, report_r, go_w, cgroup_fds, plan,
                     final_steps(), toolbox)  # fmt: skip
 
@@ -350,7 +350,7 @@ class Unpinned:
         self.target = target
         self.nss = nss or ns.Namespaces()  # namespaces to join all the same (--replay-net)
         self.root_fd = -1
-        self.info = TargetInfo("", [], True, None, "/", 0, 1)
+        self.info = TargetInfo("", [], setgroups=True, label=None, cwd="/", start_time=0, pid=1)
 
     def alive(self) -> bool:
         return True

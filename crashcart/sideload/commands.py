@@ -23,7 +23,7 @@ SHELL = "/dev/crashcart/shell"
 RUN_WITH_RC = '. /dev/crashcart/.crashcartrc >/dev/null 2>&1; exec "$@"'
 
 
-def inner_argv(command: list[str], tty: bool) -> list[str]:
+def inner_argv(command: list[str], *, tty: bool) -> list[str]:
     """What runs inside the container from the toolbox: the command with the toolbox's
     environment, or its shell (interactive on a terminal, reading stdin without one)."""
     if command:
@@ -39,22 +39,22 @@ def sideload_env(t: Target) -> dict[str, str]:
     return {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": name}
 
 
-def exec_argv(t: Target, command: list[str], tty: bool) -> list[str]:
+def exec_argv(t: Target, command: list[str], *, tty: bool) -> list[str]:
     """The runtime's own exec of `command` (or the toolbox shell) inside the target."""
-    argv = inner_argv(command, tty)
+    argv = inner_argv(command, tty=tty)
     env = sideload_env(t)
     if t.runtime == "pid":
         envs = [f"{k}={v}" for k, v in env.items()]
         return ["nsenter", "-a", "-t", str(t.pid), "/dev/crashcart/usr/bin/env", *envs, *argv]
     module = targets.MODULES[t.runtime]
-    return list(module.exec_argv(t, argv, tty, env))
+    return list(module.exec_argv(t, argv, tty=tty, env=env))
 
 
 def usage_hint(t: Target, paused: bool = False) -> str:
     if t.runtime == "pid":
         cmd = shell_line(["crashcart", "-e", t.ref])
     else:
-        cmd = shell_line(exec_argv(t, [], True))
+        cmd = shell_line(exec_argv(t, [], tty=True))
     note = (f"note: {t.describe()} is paused: the runtime's exec fails until it is unpaused\n"
             if paused else "")  # fmt: skip
     return printable(
@@ -80,14 +80,14 @@ def run_sideload(action: str, spec: str | None, *, runtime: str | None = None,
     t = targets.resolve(targets.parse_spec(spec, runtime))
     image = image or default_image()
     if action == "mount":
-        if ops.mount(t, image, allow_host):
+        if ops.mount(t, image, allow_host=allow_host):
             print(usage_hint(t, _paused(t)))
         else:
             print(printable(f"a toolbox is already mounted at /dev/crashcart in {t.describe()}: "
                             "nothing done"))  # fmt: skip
         return 0
     if action == "unmount":
-        message = ops.unmount(t, force, allow_host)
+        message = ops.unmount(t, force=force, allow_host=allow_host)
         if not quiet:
             print(printable(f"{t.describe()}: {message}"), file=sys.stderr)
         return 0
@@ -96,9 +96,9 @@ def run_sideload(action: str, spec: str | None, *, runtime: str | None = None,
     if t.runtime == "pid":
         run: Callable[[], int] = lambda: _run_in_place(t, opts, tty)  # noqa: E731
     else:
-        argv = exec_argv(t, opts.command, tty)
+        argv = exec_argv(t, opts.command, tty=tty)
         run = lambda: _run(argv)  # noqa: E731
-    code, note = ops.exec_with_toolbox(t, image, run, allow_host)
+    code, note = ops.exec_with_toolbox(t, image, run, allow_host=allow_host)
     if note and not quiet:
         print(f"crashcart: {note}", file=sys.stderr)
     return code
@@ -134,7 +134,7 @@ def _run_in_place(t: Target, given: SessionOptions, tty: bool) -> int:
         **given.env,
     }
     opts = SessionOptions(
-        command=inner_argv(given.command, tty), tty=tty, env=env, user=given.user,
+        command=inner_argv(given.command, tty=tty), tty=tty, env=env, user=given.user,
         caps=given.caps, join_cgroup=given.join_cgroup, allow_host=True, quiet=given.quiet,
         debug=given.debug, in_place=True,
     )  # fmt: skip

@@ -145,7 +145,7 @@ def _detach_moved(moved: list[tuple[int, str]]) -> None:
             pass
 
 
-def detach(count: int, lazy: bool, force: bool = False,
+def detach(count: int, *, lazy: bool, force: bool = False,
            moved: list[tuple[int, str]] | None = None) -> list[int]:  # fmt: skip
     """Unmount the toolbox: [0], or [1] when a user that users() did not see (in another
     pid namespace, say) made umount EBUSY and, with force, it was detached lazily."""

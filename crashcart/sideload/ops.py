@@ -26,7 +26,7 @@ DEV_TYPES = ("tmpfs",)
 class Opened:
     """A pinned target with the fds a child needs to act in its mount namespace."""
 
-    def __init__(self, target: Target, allow_host: bool = False) -> None:
+    def __init__(self, target: Target, *, allow_host: bool = False) -> None:
         self.pinned = PinnedTarget(target, allow_host=True, kinds=("mnt", "pid", "net", "user"))
         self.target = target
         self.nss = self.pinned.nss
@@ -126,9 +126,9 @@ def _peers_elsewhere(dev: state.MountEntry, own_ns: int) -> bool:
     return False
 
 
-def mount(target: Target, image: str, allow_host: bool = False) -> bool:
+def mount(target: Target, image: str, *, allow_host: bool = False) -> bool:
     """Mount the toolbox at /dev/crashcart. False if one was already there (no-op)."""
-    o = Opened(target, allow_host)
+    o = Opened(target, allow_host=allow_host)
     try:
         with state.locked(o.key):
             try:
@@ -141,10 +141,10 @@ def mount(target: Target, image: str, allow_host: bool = False) -> bool:
         o.close()
 
 
-def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
+def _mount_locked(o: Opened, image: str, *, lease: bool = False) -> bool:
     entries = o.entries()
     if state.toolbox_mounts(entries):
-        record = trusted_record(o, mounted=True) or _new_record(o, "?", False)
+        record = trusted_record(o, mounted=True) or _new_record(o, "?", created=False)
         if lease:
             record.leases.append(state.lease_for_self())
         else:
@@ -157,7 +157,7 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
         uid, gid = o.root_ids()
         # Written before the container is touched: a run killed after the mkdir leaves
         # "pending", which tells `crashcart cleanup` the directory is ours to remove.
-        record = _new_record(o, os.path.realpath(image), "pending")
+        record = _new_record(o, os.path.realpath(image), created="pending")
         record.by_exec = lease
         if lease:
             record.leases = [state.lease_for_self()]
@@ -180,14 +180,14 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
     return True
 
 
-def _new_record(o: Opened, image: str, created: bool | str) -> state.Record:
+def _new_record(o: Opened, image: str, *, created: bool | str) -> state.Record:
     t = o.target
     record = state.Record(t.ref, t.runtime, t.name, t.pid, o.start_time, image, state.now())
     record.created_dir = created
     return record
 
 
-def trusted_record(o: Opened, mounted: bool) -> state.Record | None:
+def trusted_record(o: Opened, *, mounted: bool) -> state.Record | None:
     """The record of the target's mount namespace, if it is about *this* namespace.
 
     Records are keyed by the namespace's inode number, which the kernel reuses once a
@@ -203,19 +203,19 @@ def trusted_record(o: Opened, mounted: bool) -> state.Record | None:
 
 
 def exec_with_toolbox(
-    target: Target, image: str, run: Callable[[], int], allow_host: bool = False
+    target: Target, image: str, run: Callable[[], int], *, allow_host: bool = False
 ) -> tuple[int, str | None]:
     """-e: mount (or reuse) the toolbox, run the runtime's exec, then unmount if an -e
     mounted it (this one or another) and no other user remains: the last -e out removes
     it. (status, note about what was left)."""
-    o = Opened(target, allow_host)
+    o = Opened(target, allow_host=allow_host)
     try:
         with state.locked(o.key):
             mounted_here = _mount_locked(o, image, lease=True)
             try:
                 check_in_place(o.entries())
             except SideloadError:
-                _leave(o, mounted_here)
+                _leave(o, mounted_here=mounted_here)
                 raise
         note = None
         faults.point("exec:after-mount")
@@ -223,7 +223,7 @@ def exec_with_toolbox(
             status = run()
         finally:
             with state.locked(o.key):
-                note = _leave(o, mounted_here)
+                note = _leave(o, mounted_here=mounted_here)
         return status, note
     finally:
         o.close()
@@ -244,7 +244,7 @@ def check_in_place(entries: list[state.MountEntry]) -> None:
         )
 
 
-def _leave(o: Opened, mounted_here: bool) -> str | None:
+def _leave(o: Opened, *, mounted_here: bool) -> str | None:
     me = os.getpid()
     record = state.read_record(o.key)
     if record:
@@ -303,20 +303,20 @@ def _uses(pid: int, devs: set[int]) -> bool:
     return any(len(f := line.split()) > 3 and f[3] in wanted for line in maps.splitlines())
 
 
-def unmount(target: Target, force: bool = False, allow_host: bool = False) -> str:
+def unmount(target: Target, *, force: bool = False, allow_host: bool = False) -> str:
     """Remove the toolbox (and the mount point crashcart made). Idempotent."""
-    o = Opened(target, allow_host)
+    o = Opened(target, allow_host=allow_host)
     try:
         with state.locked(o.key):
-            return _unmount_locked(o, force)
+            return _unmount_locked(o, force=force)
     finally:
         o.close()
 
 
-def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) -> str:
+def _unmount_locked(o: Opened, *, force: bool, exclude_lease: int | None = None) -> str:
     entries = o.entries()
     mounted = state.toolbox_mounts(entries, anywhere=True)
-    record = trusted_record(o, bool(mounted))
+    record = trusted_record(o, mounted=bool(mounted))
     message = "not mounted"
     if mounted:
         seen = users(o, entries)
@@ -331,7 +331,7 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
         lazy = bool(holders)
         here = [m for m in mounted if m.point == state.MOUNT_POINT]
         moved = [(m.mount_id, m.point) for m in mounted if m.point != state.MOUNT_POINT]
-        busy = o.run(lambda: incontainer.detach(len(here), lazy, force, moved))
+        busy = o.run(lambda: incontainer.detach(len(here), lazy=lazy, force=force, moved=moved))
         faults.point("unmount:after-detach")
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
         message = printable(message)

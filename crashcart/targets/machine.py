@@ -90,8 +90,8 @@ def _pidns(pid: int) -> str | None:
 
 
 def _target(name: str, pid: int) -> Target:
-    return Target(NAME, name, name, pid, "", None, True, procs.running_state(pid), "",
-                  procs.start_time(pid))  # fmt: skip
+    return Target(NAME, name, name, pid, state=procs.running_state(pid),
+                  started=procs.start_time(pid))  # fmt: skip
 
 
 def find(query: str) -> list[Target]:

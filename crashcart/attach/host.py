@@ -22,7 +22,7 @@ from crashcart.errors import (
     CrashcartError,
     TargetGone,
 )
-from crashcart.linux import libc, procfs, proctitle, sig, terminal
+from crashcart.linux import libc, ns, procfs, proctitle, sig, terminal
 from crashcart.linux.fd import close_all
 from crashcart.targets.model import Target
 from crashcart.text import printable, safe_output
@@ -474,7 +474,6 @@ def _state(pid: int) -> str:
 
 def _mnt_ns(pid: int) -> tuple[int, int] | None:
     try:
-        st = os.stat(f"{procfs.PROC}/{pid}/ns/mnt")
+        return ns.ns_id(pid, "mnt")
     except OSError:
         return None
-    return st.st_dev, st.st_ino

@@ -10,7 +10,7 @@ from crashcart import targets
 from crashcart.attach.options import SessionOptions, default_image
 from crashcart.defaults import SUPERVISOR_TITLE
 from crashcart.errors import CrashcartError, SideloadError
-from crashcart.linux import procfs
+from crashcart.linux import ns, procfs
 from crashcart.sideload import ops, state
 from crashcart.targets.model import Target
 from crashcart.text import printable, shell_line
@@ -172,11 +172,11 @@ def _run(argv: list[str]) -> int:
 
 def _mnt_namespaces() -> dict[int, int]:
     """One PID per mount namespace on the host (ours excluded)."""
-    mine = os.stat("/proc/self/ns/mnt").st_ino
+    mine = ns.ns_ino("self", "mnt")
     out: dict[int, int] = {}
     for pid in procfs.pids():
         try:
-            ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            ino = ns.ns_ino(pid, "mnt")
         except OSError:
             continue
         if ino != mine:
@@ -189,7 +189,7 @@ def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
     by_ns: dict[int, Target] = {}
     for t in known.values():
         try:
-            by_ns[os.stat(f"/proc/{t.pid}/ns/mnt").st_ino] = t
+            by_ns[ns.ns_ino(t.pid, "mnt")] = t
         except OSError:
             continue
     only = _target_from(spec, runtime) if spec else None
@@ -247,7 +247,7 @@ def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
 
 def _mnt_ino(pid: int) -> int | None:
     try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        return ns.ns_ino(pid, "mnt")
     except OSError:
         return None
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from crashcart import faults
 from crashcart.errors import SideloadError, TargetError, TargetGone
-from crashcart.linux import libc, mountinfo, procfs
+from crashcart.linux import libc, mountinfo, ns, procfs
 from crashcart.pinned import PinnedTarget
 from crashcart.sideload import incontainer, state
 from crashcart.sideload.helper import ChildFn, HelperDied, run_in_child
@@ -114,7 +114,7 @@ def _peers_elsewhere(dev: state.MountEntry, own_ns: int) -> bool:
     seen = {own_ns}
     for pid in procfs.pids():
         try:
-            ino = os.stat(f"{procfs.PROC}/{pid}/ns/mnt").st_ino
+            ino = ns.ns_ino(pid, "mnt")
             if ino in seen:
                 continue
             seen.add(ino)
@@ -264,11 +264,11 @@ def users(o: Opened, entries: list[state.MountEntry]) -> list[str]:
     devs = {m.device for m in state.toolbox_mounts(entries, anywhere=True)}
     if not devs:
         return []
-    pidns = os.stat(f"{procfs.PROC}/{o.pinned.pid}/ns/pid").st_ino
+    pidns = ns.ns_ino(o.pinned.pid, "pid")
     out = []
     for pid in procfs.pids():
         try:
-            if os.stat(f"{procfs.PROC}/{pid}/ns/pid").st_ino != pidns:
+            if ns.ns_ino(pid, "pid") != pidns:
                 continue
             if _uses(pid, devs):
                 comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()

@@ -173,11 +173,7 @@ def _descendants(root: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            with closing(fd):
+            with closing(os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)) as fd:
                 data = os.read(fd, 1024)
         except OSError:
             continue

@@ -62,13 +62,10 @@ class Prepared:
         self.ctx.sock.close()
 
     def close(self) -> None:
-        close_all((self.ctx.report_w, self.ctx.go_r, self.report_r, self.go_w, *self.cgroup_fds))
+        self.close_child_ends()
+        close_all((self.report_r, self.go_w, *self.cgroup_fds))
         self.cgroup_fds = []
-        self.report_r = self.go_w = self.ctx.report_w = self.ctx.go_r = -1
-        if self.toolbox is not None:
-            self.toolbox.close()
-            self.toolbox = None
-        self.ctx.sock.close()
+        self.report_r = self.go_w = -1
         self.host_sock.close()
         self.pinned.close()
 

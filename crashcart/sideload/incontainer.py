@@ -128,21 +128,20 @@ def _rmdir_quietly(dev: int) -> None:
         pass
 
 
+O_DIR_PATH = os.O_PATH | os.O_DIRECTORY
+
+
 def _detach_moved(moved: list[tuple[int, str]]) -> None:
     """Toolboxes the container moved away from /dev/crashcart: each is detached through an
     fd on its root, checked to be that very mount (never a path followed blindly)."""
     flags = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
     for mid, point in moved:
         try:
-            fd = libc.openat2(libc.AT_FDCWD, point, os.O_PATH | os.O_DIRECTORY, flags)
-        except OSError:
-            continue
-        try:
-            with closing(fd):
+            with closing(libc.openat2(libc.AT_FDCWD, point, O_DIR_PATH, flags)) as fd:
                 if mount_id(fd) == mid:
                     detach_fd_mount(fd)
         except OSError:
-            pass
+            continue  # gone, or not that mount any more: nothing of ours to detach
 
 
 def detach(count: int, *, lazy: bool, force: bool = False,

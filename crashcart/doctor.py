@@ -14,6 +14,7 @@ import sys
 
 from crashcart import __version__
 from crashcart.errors import CrashcartError
+from crashcart.linux.fd import closing
 
 OK, FAIL, WARN = "ok", "fail", "warn"
 SYMBOLS = {OK: "✓", FAIL: "✗", WARN: "!"}
@@ -80,22 +81,15 @@ def check_erofs_file() -> Check:
             )
         return Check(name, WARN, f"fsopen(erofs): {_errno_text(e)}")
     path = f"/var/tmp/.crashcart-doctor-{os.getpid()}"
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        os.unlink(path)
-        os.ftruncate(fd, 8192)
+    with closing(fs):
         try:
-            libc.fsconfig_string(fs, "source", f"/proc/self/fd/{fd}")
-            libc.fsconfig_create(fs)
-            result = 0
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            with closing(fd):  # a failed unlink or ftruncate used to leak it
+                os.unlink(path)
+                os.ftruncate(fd, 8192)
+                result = _erofs_source_errno(fs, fd)
         except OSError as e:
-            result = e.errno or 0
-        finally:
-            os.close(fd)
-    except OSError as e:
-        return Check(name, WARN, f"cannot probe ({path}: {e.strerror})")
-    finally:
-        os.close(fs)
+            return Check(name, WARN, f"cannot probe ({path}: {e.strerror})")
     if result == errno.ENOTBLK:
         return Check(
             name,
@@ -104,6 +98,17 @@ def check_erofs_file() -> Check:
             "toolboxes mount through a loop device",
         )
     return Check(name, OK, "erofs mounts straight from the image file: no loop device")
+
+
+def _erofs_source_errno(fs: int, fd: int) -> int:
+    from crashcart.linux import libc
+
+    try:
+        libc.fsconfig_string(fs, "source", f"/proc/self/fd/{fd}")
+        libc.fsconfig_create(fs)
+    except OSError as e:
+        return e.errno or 0
+    return 0
 
 
 def check_loop() -> Check:
@@ -125,11 +130,8 @@ def check_pidfd() -> Check:
     from crashcart.linux import libc
 
     try:
-        fd = os.pidfd_open(os.getpid())
-        try:
+        with closing(os.pidfd_open(os.getpid())) as fd:
             libc.pidfd_send_signal(fd, 0)
-        finally:
-            os.close(fd)
     except OSError as e:
         return Check(
             "pidfd",

@@ -24,7 +24,7 @@ class TargetInfo:
     __slots__ = ("pid_inside", "cap_bounding", "cgroups", "setgroups_allowed", "label", "cwd",
                  "uid", "gid", "start_time")  # fmt: skip
 
-    def __init__(self, status: str, cgroups: list[tuple[str, str, str]], setgroups: bool,
+    def __init__(self, status: str, cgroups: list[tuple[str, str, str]], *, setgroups: bool,
                  label: str | None, cwd: str, start_time: int, pid: int) -> None:  # fmt: skip
         nspids = procfs.ns_pids(status)
         self.pid_inside = nspids[-1] if nspids else pid  # its PID in its own pid namespace
@@ -116,7 +116,8 @@ class PinnedTarget:
         setgroups = procfs.read_text("setgroups", fd).strip() != "deny"
         cwd = inside(os.readlink("cwd", dir_fd=fd), os.readlink("root", dir_fd=fd))
         start = procfs.start_time(procfs.read_text("stat", fd))
-        return TargetInfo(status, cgroups, setgroups, _lsm_label(fd), cwd, start, self.pid)
+        return TargetInfo(status, cgroups, setgroups=setgroups, label=_lsm_label(fd), cwd=cwd,
+                          start_time=start, pid=self.pid)  # fmt: skip
 
     @property
     def pid(self) -> int:

@@ -8,6 +8,7 @@ import stat
 
 from crashcart.errors import ImageError, KernelError
 from crashcart.linux import mountapi
+from crashcart.linux.fd import closing
 
 
 def open_toolbox(path: str) -> mountapi.ImageMount:
@@ -21,11 +22,9 @@ def open_toolbox(path: str) -> mountapi.ImageMount:
         ) from None
     except OSError as e:
         raise ImageError(f"cannot open toolbox image {path}: {e.strerror}") from None
-    try:
+    with closing(image_fd):
         _check_file(image_fd, path)
         return _mount_toolbox(image_fd, path)
-    finally:
-        os.close(image_fd)
 
 
 def _check_file(image_fd: int, path: str) -> None:

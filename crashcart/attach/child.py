@@ -18,6 +18,7 @@ from crashcart.attach import wire
 from crashcart.attach.context import Context, Step, StepFailed, step
 from crashcart.errors import EXIT_CANNOT_EXECUTE, EXIT_CRASHCART, EXIT_NOT_FOUND
 from crashcart.linux import caps, libc, procfs, sig, terminal
+from crashcart.linux.fd import close_quietly, closing
 
 # "End the session now": the supervisor's parent-death signal, and what the host sends when
 # asked twice to stop. The supervisor kills the command and everything it left running.
@@ -62,7 +63,7 @@ def supervisor_main(ctx: Context, final: list[Step]) -> int:
     for signum in FORWARDED:
         sig.handle(signum, lambda signum, _frame: procfs.kill_quietly(pid, signum))
     sig.handle(SIG_END, lambda _signum, _frame: procfs.kill_quietly(pid, sig.SIGKILL))
-    _close_all([ctx.report_w, ctx.pty_slave])
+    close_quietly((ctx.report_w, ctx.pty_slave))
     _detach_stdio()
     caps.reduce_to(caps.mask(("kill",)))
     os.close(opener)
@@ -121,11 +122,8 @@ def apply_label(ctx: Context) -> None:
     if ctx.label is None:
         return
     value = ctx.label if ":" in ctx.label else f"exec {ctx.label}"
-    fd = os.open("/proc/thread-self/attr/exec", os.O_WRONLY | os.O_CLOEXEC)
-    try:
+    with closing(os.open("/proc/thread-self/attr/exec", os.O_WRONLY | os.O_CLOEXEC)) as fd:
         os.write(fd, value.encode())
-    finally:
-        os.close(fd)
 
 
 def report(ctx: Context, code: int, message: str) -> int:
@@ -135,15 +133,6 @@ def report(ctx: Context, code: int, message: str) -> int:
     except OSError:
         pass
     return code
-
-
-def _close_all(fds: list[int]) -> None:
-    for fd in fds:
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
 
 
 def _detach_stdio() -> None:
@@ -184,15 +173,10 @@ def _descendants(root: int) -> list[int]:
         if not name.isdigit():
             continue
         try:
-            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+            with closing(os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)) as fd:
+                data = os.read(fd, 1024)
         except OSError:
             continue
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
         fields = data[data.rfind(b")") + 2 :].split()
         if len(fields) > 1 and fields[1].isdigit():
             children.setdefault(int(fields[1]), []).append(int(name))

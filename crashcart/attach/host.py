@@ -22,7 +22,8 @@ from crashcart.errors import (
     CrashcartError,
     TargetGone,
 )
-from crashcart.linux import libc, procfs, proctitle, sig, terminal
+from crashcart.linux import libc, ns, procfs, proctitle, sig, terminal
+from crashcart.linux.fd import close_all
 from crashcart.targets.model import Target
 from crashcart.text import printable, safe_output
 
@@ -40,7 +41,7 @@ def wants_tty(opts: SessionOptions) -> bool:
     return os.isatty(0) and os.isatty(1)
 
 
-def say(text: str, raw: bool = False) -> None:
+def say(text: str, *, raw: bool = False) -> None:
     """One message on stderr; with the terminal in raw mode, at the start of a line."""
     line = safe_output(text)
     if raw:
@@ -53,7 +54,7 @@ def say(text: str, raw: bool = False) -> None:
 
 def run_session(target: Target, spec_text: str, opts: SessionOptions) -> int:
     tty = wants_tty(opts)
-    prep = plan.prepare(target, spec_text, opts, tty)
+    prep = plan.prepare(target, spec_text, opts, tty=tty)
     try:
         if opts.debug:
             _print_plan(prep)
@@ -174,8 +175,11 @@ class Session:
             events = dict(poller.poll(left * 1000))
             if sock.fileno() in events:
                 kind, body, fds = wire.recv(sock)
-                if self._setup_message(kind, body, fds):
-                    return
+                try:
+                    if self._setup_message(kind, body, fds):
+                        return
+                finally:
+                    close_all(fds)  # what the message carried and no step took (a FAILED)
             elif self.setup_pidfd in events:
                 self._setup_died()
 
@@ -190,8 +194,6 @@ class Session:
             raise CrashcartError(text)
         elif not kind:  # the setup process closed its socket: it forks the supervisor now
             self._find_supervisor()
-        for fd in fds:
-            os.close(fd)
         return self.sup_pid > 0
 
     def _find_supervisor(self) -> None:
@@ -253,7 +255,7 @@ class Session:
             r = relay.Relay([(0, master)], [(master, 1)], self.sup_pidfd)
             r.tap = record.active.tap if record.active else None
             if self.raw:
-                r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, True))
+                r.filter = relay.Escape(lambda: self._end("escape"), lambda t: say(t, raw=True))
         else:
             r = relay.Relay(pipes.inputs(), pipes.outputs(), self.sup_pidfd,
                             pipes.close_host_end)  # fmt: skip
@@ -340,7 +342,7 @@ class Session:
         if stopped and not self.warned_stopped:
             self.warned_stopped = True
             say("crashcart: the session's supervisor was stopped from inside the container"
-                + ("; type ~. to end the session" if self.raw else ""), self.raw)  # fmt: skip
+                + ("; type ~. to end the session" if self.raw else ""), raw=self.raw)  # fmt: skip
         if not self.exec_seen and not self.error and now > self.deadline:
             self._end("stuck")
         elif (
@@ -388,9 +390,7 @@ class Session:
             _kill_pidfd(self.setup_pidfd)
             self._sweep()
         self._wait_setup(KILL_GRACE)
-        for fd in (self.master, self.sup_pidfd, self.setup_pidfd):
-            if fd >= 0:
-                os.close(fd)
+        close_all((self.master, self.sup_pidfd, self.setup_pidfd))
         self.master = self.sup_pidfd = self.setup_pidfd = -1
 
     def _reap_setup(self) -> tuple[int, int | None]:
@@ -474,7 +474,6 @@ def _state(pid: int) -> str:
 
 def _mnt_ns(pid: int) -> tuple[int, int] | None:
     try:
-        st = os.stat(f"{procfs.PROC}/{pid}/ns/mnt")
+        return ns.ns_id(pid, "mnt")
     except OSError:
         return None
-    return st.st_dev, st.st_ino

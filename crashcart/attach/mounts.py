@@ -15,6 +15,7 @@ import stat
 from crashcart.attach import wire
 from crashcart.attach.context import Context, Step, step
 from crashcart.linux import libc, mountapi, ns, terminal
+from crashcart.linux.fd import Fd, closing
 
 PROC_ATTRS = libc.MOUNT_ATTR_NOSUID | libc.MOUNT_ATTR_NODEV | libc.MOUNT_ATTR_NOEXEC
 RESOLVE_SAFE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
@@ -59,16 +60,16 @@ def _container_proc(ctx: Context) -> int:
     except OSError:
         return -1
     try:
-        tree = mountapi.clone_tree(fd, "")
+        with closing(fd):
+            tree = Fd(mountapi.clone_tree(fd, ""))
     except OSError:
         return -1
-    finally:
-        os.close(fd)
-    if not _is_procfs_of_target(ctx, tree):
-        os.close(tree)
-        return -1
-    libc.mount_setattr(tree, "", libc.AT_EMPTY_PATH | libc.AT_RECURSIVE, 0, 0, libc.MS_PRIVATE)
-    return tree
+    with tree:
+        if not _is_procfs_of_target(ctx, tree.fd):
+            return -1
+        flags = libc.AT_EMPTY_PATH | libc.AT_RECURSIVE
+        libc.mount_setattr(tree.fd, "", flags, 0, 0, libc.MS_PRIVATE)
+        return tree.take()
 
 
 def _is_procfs_of_target(ctx: Context, tree: int) -> bool:
@@ -78,10 +79,8 @@ def _is_procfs_of_target(ctx: Context, tree: int) -> bool:
     pid = str(ctx.pid_inside)
     try:
         fd = os.open(f"{pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=tree)
-        try:
+        with closing(fd):
             theirs = os.fstat(fd)
-        finally:
-            os.close(fd)
         with open(os.open(f"{pid}/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=tree), "rb") as f:
             stat_line = f.read(4096)
     except OSError:
@@ -116,43 +115,41 @@ def private_mount_namespace(ctx: Context) -> None:
 def pivot_to_toolbox(ctx: Context) -> None:
     """Stack the toolbox on / and pivot into it; the old root (which, for chroot-based
     runtimes, holds the host's filesystems) is detached, not merely hidden."""
-    pivot_onto(ctx.toolbox_fd)
-    ctx.toolbox_fd = -1
+    tree, ctx.toolbox_fd = ctx.toolbox_fd, -1
+    pivot_onto(tree)
 
 
 def pivot_onto(tree: int) -> None:
     """Stack the detached mount `tree` on /, pivot into it, detach the old root; `tree`
-    is consumed (closed)."""
-    libc.move_mount(tree, "", libc.AT_FDCWD, "/", libc.MOVE_MOUNT_F_EMPTY_PATH)
-    os.fchdir(tree)
+    is consumed (closed, on the error path too)."""
+    with closing(tree):
+        libc.move_mount(tree, "", libc.AT_FDCWD, "/", libc.MOVE_MOUNT_F_EMPTY_PATH)
+        os.fchdir(tree)
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
-    os.close(tree)
 
 
 @step("attach the target's root at /target")
 def attach_target(ctx: Context) -> None:
-    mountapi.attach(ctx.target_tree, libc.AT_FDCWD, "/target")
-    os.close(ctx.target_tree)
-    ctx.target_tree = -1
+    tree, ctx.target_tree = ctx.target_tree, -1
+    mountapi.attach_and_close(tree, libc.AT_FDCWD, "/target")
 
 
 @step("attach the target's /proc at /proc")
 def attach_proc(ctx: Context) -> None:
     if ctx.proc_tree >= 0:
-        mountapi.attach(ctx.proc_tree, libc.AT_FDCWD, "/proc")
-        os.close(ctx.proc_tree)
-        ctx.proc_tree = -1
+        tree, ctx.proc_tree = ctx.proc_tree, -1
+        mountapi.attach_and_close(tree, libc.AT_FDCWD, "/proc")
 
 
 @step("enter the target's root (as nsenter -r does)")
 def enter_root(ctx: Context) -> None:
     """The in-place plan: the target's own mount namespace and root, no private copy."""
-    os.fchdir(ctx.root_fd)
-    libc.chroot(".")
-    os.close(ctx.root_fd)
-    ctx.root_fd = -1
+    root, ctx.root_fd = ctx.root_fd, -1
+    with closing(root):
+        os.fchdir(root)
+        libc.chroot(".")
 
 
 # Names every program takes at their word: in the session they are crashcart's own, never
@@ -175,32 +172,38 @@ def build_dev(ctx: Context) -> None:
     toolbox at /dev/crashcart (where its relocated programs find their loader). The target's
     /dev itself is never written to; the standard nodes and links are crashcart's own."""
     fd = mountapi.fs_mount("tmpfs", {"mode": "0755", "size": "4m"}, libc.MOUNT_ATTR_NOEXEC)
-    mountapi.attach(fd, libc.AT_FDCWD, "/dev")
-    os.close(fd)
-    dev = os.open("/dev", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    mountapi.attach_and_close(fd, libc.AT_FDCWD, "/dev")
     try:
         src = os.open("/target/dev", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         src = -1
-    try:
+    with Fd(src), closing(_open_path("/dev")) as dev:
         if src >= 0:
             for entry in os.scandir(src):
-                if ctx.tty and entry.name in ("pts", "ptmx"):
-                    continue
-                if entry.name in STANDARD_NODES or entry.name in STANDARD_LINKS:
-                    continue
-                if entry.name == "crashcart":  # the session's own toolbox goes there
+                if _skip_in_dev(ctx, entry.name):
                     continue
                 _mirror(entry, src, dev)
         _standard_entries(src, dev)
         os.mkdir("crashcart", 0o755, dir_fd=dev)
         toolbox = mountapi.clone_tree(libc.AT_FDCWD, "/", recursive=False)
-        mountapi.attach(toolbox, dev, "crashcart")
-        os.close(toolbox)
-    finally:
-        if src >= 0:
-            os.close(src)
-        os.close(dev)
+        mountapi.attach_and_close(toolbox, dev, "crashcart")
+
+
+def _open_path(path: str) -> int:
+    return os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def _skip_in_dev(ctx: Context, name: str) -> bool:
+    """Entries of the target's /dev the session does not bind: its own pty (with -t),
+    the standard nodes and links, and crashcart (the session's own toolbox goes there)."""
+    if ctx.tty and name in ("pts", "ptmx"):
+        return True
+    return name in STANDARD_NODES or name in STANDARD_LINKS or name == "crashcart"
+
+
+def _touch(name: str, dir_fd: int) -> None:
+    """A new empty file to bind a non-directory onto."""
+    os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=dir_fd))
 
 
 def _standard_entries(src: int, dev: int) -> None:
@@ -223,14 +226,13 @@ def _bind_if_device(src: int, dev: int, name: str, rdev: int) -> None:
     except OSError:
         return
     try:
-        st = os.fstat(tree)  # the very inode that would be bound, not a path checked earlier
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
-            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=dev))
-            mountapi.attach(tree, dev, name)
+        with closing(tree):
+            st = os.fstat(tree)  # the very inode that would be bound, not a path checked earlier
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == rdev:
+                _touch(name, dev)
+                mountapi.attach(tree, dev, name)
     except OSError:
         pass
-    finally:
-        os.close(tree)
 
 
 def _mirror(entry: os.DirEntry[str], src: int, dev: int) -> None:
@@ -241,15 +243,12 @@ def _mirror(entry: os.DirEntry[str], src: int, dev: int) -> None:
         if entry.is_symlink():
             os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dev)
             return
-        tree = mountapi.clone_tree(src, name, recursive=True)
-        try:
+        with closing(mountapi.clone_tree(src, name, recursive=True)) as tree:
             if entry.is_dir(follow_symlinks=False):
                 os.mkdir(name, 0o755, dir_fd=dev)
             else:
-                os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600, dir_fd=dev))
+                _touch(name, dev)
             mountapi.attach(tree, dev, name)
-        finally:
-            os.close(tree)
     except OSError:
         pass  # an entry that vanished or changed under us: the session goes without it
 
@@ -260,11 +259,9 @@ def bind_dev_into_target(ctx: Context) -> None:
     toolbox at /dev/crashcart; the container's own /dev is untouched."""
     tree = mountapi.clone_tree(libc.AT_FDCWD, "/dev")
     try:
-        mountapi.attach(tree, libc.AT_FDCWD, "/target/dev")
+        mountapi.attach_and_close(tree, libc.AT_FDCWD, "/target/dev")
     except (FileNotFoundError, NotADirectoryError):
         pass
-    finally:
-        os.close(tree)
 
 
 @step("bind /target/sys at /sys")
@@ -273,10 +270,7 @@ def bind_sys(ctx: Context) -> None:
         tree = mountapi.clone_tree(libc.AT_FDCWD, "/target/sys")
     except (FileNotFoundError, NotADirectoryError):
         return
-    try:
-        mountapi.attach(tree, libc.AT_FDCWD, "/sys")
-    finally:
-        os.close(tree)
+    mountapi.attach_and_close(tree, libc.AT_FDCWD, "/sys")
 
 
 @step("tmpfs at /tmp, /run and /root")
@@ -286,21 +280,18 @@ def mount_tmp(ctx: Context) -> None:
     for path, mode in (("/tmp", "1777"), ("/run", "0755"), ("/root", "0700")):
         fd = mountapi.fs_mount("tmpfs", {"mode": mode}, libc.MOUNT_ATTR_NOSUID)
         try:
-            mountapi.attach(fd, libc.AT_FDCWD, path)
+            mountapi.attach_and_close(fd, libc.AT_FDCWD, path)
         except FileNotFoundError:
             if path != "/root":  # an image without /root: HOME stays read-only
                 raise
-        finally:
-            os.close(fd)
 
 
 @step("devpts instance at /dev/pts, pty to the host")
 def allocate_pty(ctx: Context) -> None:
     """A devpts instance of our own at /dev/pts; the master goes to the host."""
-    fd = _devpts()
-    os.mkdir("/dev/pts", 0o755)
-    mountapi.attach(fd, libc.AT_FDCWD, "/dev/pts")
-    os.close(fd)
+    with Fd(_devpts()) as fd:
+        os.mkdir("/dev/pts", 0o755)
+        mountapi.attach_and_close(fd.take(), libc.AT_FDCWD, "/dev/pts")
     os.symlink("pts/ptmx", "/dev/ptmx")
     _open_pty(ctx, "/dev/pts/ptmx", None)
 
@@ -309,11 +300,8 @@ def allocate_pty(ctx: Context) -> None:
 def detached_pty(ctx: Context) -> None:
     """The in-place plan never mounts anything in the container: the pty comes from a
     detached devpts instance (its files are reached through the mount fd)."""
-    fd = _devpts()
-    try:
+    with closing(_devpts()) as fd:
         _open_pty(ctx, "ptmx", fd)
-    finally:
-        os.close(fd)
 
 
 def _devpts() -> int:
@@ -326,8 +314,8 @@ def _devpts() -> int:
 
 def _open_pty(ctx: Context, ptmx: str, dir_fd: int | None) -> None:
     master, slave = terminal.open_pty(ptmx, dir_fd)
-    if ctx.winsize:
-        terminal.set_winsize(slave, ctx.winsize)
-    wire.send(ctx.sock, wire.PTY, fd=master)
-    os.close(master)
-    ctx.pty_slave = slave
+    ctx.pty_slave = slave  # the context owns it from here (the child's stdio)
+    with closing(master):  # the host holds its own copy once sent
+        if ctx.winsize:
+            terminal.set_winsize(slave, ctx.winsize)
+        wire.send(ctx.sock, wire.PTY, fd=master)

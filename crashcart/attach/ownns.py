@@ -24,10 +24,12 @@ from crashcart.attach import mounts
 from crashcart.attach.context import Context, Step, step
 from crashcart.attach.mounts import PROC_ATTRS, STANDARD_LINKS, STANDARD_NODES
 from crashcart.linux import libc, mountapi
+from crashcart.linux.fd import Fd, closing
 
 UNSHARED = (libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWNET
             | libc.CLONE_NEWCGROUP | libc.CLONE_NEWPID)  # fmt: skip
 SIOCGIFFLAGS = 0x8913
+O_DIR = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
 RESOLVE_INSIDE = libc.RESOLVE_IN_ROOT | libc.RESOLVE_NO_MAGICLINKS
@@ -39,7 +41,7 @@ class Layout:
     while it still sees the host's mount namespace."""
 
     def __init__(self, layers: list[str], mounts: list[tuple[str, str]], hostname: str,
-                 files: dict[str, bytes], writable: bool) -> None:  # fmt: skip
+                 files: dict[str, bytes], *, writable: bool) -> None:  # fmt: skip
         self.layers = layers  # topmost first: the container's writable layer, then the image's
         self.mounts = mounts  # (host source, destination in the container), read-only
         self.hostname = hostname
@@ -88,54 +90,46 @@ def overlay(layout: Layout) -> Step:
 
     @step(f"overlay of the container's {n} layer{'s' * (n != 1)} ({how}), detached")
     def make_overlay(ctx: Context) -> None:
-        ctx.target_tree = overlay_mount(layout.layers, layout.writable)
+        ctx.target_tree = overlay_mount(layout.layers, writable=layout.writable)
 
     return make_overlay
 
 
-def overlay_mount(layers: list[str], writable: bool) -> int:
+def overlay_mount(layers: list[str], *, writable: bool) -> int:
     """Each layer as `lowerdir+` (Linux >= 6.8: no colon-list parsing, no length limit of
     one option string). Read-only: an overlay needs two lower layers without an upper one,
     so a single layer is a plain read-only bind. Writable: upperdir and workdir are fds of a
     detached tmpfs (Linux >= 6.13), never a path anyone else can reach."""
     if len(layers) == 1 and not writable:
-        fd = mountapi.clone_tree(libc.AT_FDCWD, layers[0])
-        libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH | libc.AT_RECURSIVE,
-                           libc.MOUNT_ATTR_RDONLY | ROOT_ATTRS)  # fmt: skip
-        return fd
-    fsfd = libc.fsopen("overlay")
-    tmp = -1
-    try:
+        return read_only_clone(layers[0])
+    with closing(libc.fsopen("overlay")) as fsfd:
         for layer in layers:
             libc.fsconfig_string(fsfd, "lowerdir+", layer)
-        if writable:
-            tmp = _tmpfs_upper(fsfd)
-        libc.fsconfig_create(fsfd)  # the tmpfs must still be open: overlay takes it here
-        fd = libc.fsmount(fsfd)
-    finally:
-        os.close(fsfd)
-        if tmp >= 0:
-            os.close(tmp)
-    attrs = ROOT_ATTRS if writable else ROOT_ATTRS | libc.MOUNT_ATTR_RDONLY
-    libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, attrs)
-    return fd
+        with Fd(_tmpfs_upper(fsfd) if writable else -1):
+            libc.fsconfig_create(fsfd)  # the tmpfs must still be open: overlay takes it here
+            fd = Fd(libc.fsmount(fsfd))
+    with fd:
+        attrs = ROOT_ATTRS if writable else ROOT_ATTRS | libc.MOUNT_ATTR_RDONLY
+        libc.mount_setattr(fd.fd, "", libc.AT_EMPTY_PATH, attrs)
+        return fd.take()
+
+
+def read_only_clone(source: str) -> int:
+    """A detached recursive bind of `source`, read-only, nosuid, nodev."""
+    with Fd(mountapi.clone_tree(libc.AT_FDCWD, source)) as fd:
+        libc.mount_setattr(fd.fd, "", libc.AT_EMPTY_PATH | libc.AT_RECURSIVE,
+                           libc.MOUNT_ATTR_RDONLY | ROOT_ATTRS)  # fmt: skip
+        return fd.take()
 
 
 def _tmpfs_upper(fsfd: int) -> int:
     """upperdir and workdir on a new detached tmpfs; returns its mount fd."""
-    tmp = mountapi.fs_mount("tmpfs", {"mode": "0755"})
-    try:
+    with Fd(mountapi.fs_mount("tmpfs", {"mode": "0755"})) as tmp:
         for name in ("upper", "work"):
-            os.mkdir(name, 0o755, dir_fd=tmp)
-            fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=tmp)
-            try:
+            os.mkdir(name, 0o755, dir_fd=tmp.fd)
+            with closing(os.open(name, O_DIR, dir_fd=tmp.fd)) as fd:
                 libc.fsconfig_fd(fsfd, f"{name}dir", fd)
-            finally:
-                os.close(fd)
-    except BaseException:
-        os.close(tmp)
-        raise
-    return tmp
+        return tmp.take()
 
 
 def clone_mounts(layout: Layout) -> Step:
@@ -143,12 +137,10 @@ def clone_mounts(layout: Layout) -> Step:
     def clone_volumes(ctx: Context) -> None:
         for source, dest in layout.mounts:
             try:
-                fd = mountapi.clone_tree(libc.AT_FDCWD, source)
+                fd = read_only_clone(source)
             except FileNotFoundError:
                 ctx.notes.append(f"volume source {source} is gone: {dest} is left out")
                 continue
-            libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH | libc.AT_RECURSIVE,
-                               libc.MOUNT_ATTR_RDONLY | ROOT_ATTRS)  # fmt: skip
             layout.mount_fds.append((fd, dest))
 
     return clone_volumes
@@ -165,14 +157,17 @@ def keep_ns_dir(layout: Layout) -> Step:
 def attach_mounts(layout: Layout, root: str) -> Step:
     @step(f"attach the volumes and binds at their places under {root}")
     def attach_volumes(ctx: Context) -> None:
-        base = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            for fd, dest in layout.mount_fds:
-                _attach_inside(ctx, base, fd, dest)
-                os.close(fd)
-        finally:
-            os.close(base)
+        owned = [Fd(fd) for fd, _ in layout.mount_fds]
+        dests = [dest for _, dest in layout.mount_fds]
         layout.mount_fds = []
+        try:
+            with closing(os.open(root, O_DIR)) as base:
+                for fd, dest in zip(owned, dests, strict=True):
+                    with fd:
+                        _attach_inside(ctx, base, fd.fd, dest)
+        finally:
+            for fd in owned:  # those after a failed one
+                fd.close()
 
     return attach_volumes
 
@@ -185,16 +180,14 @@ def _attach_inside(ctx: Context, base: int, fd: int, dest: str) -> None:
         ctx.notes.append(f"no mount point {dest} in the container's files ({e.strerror}): "
                          "that volume is left out")  # fmt: skip
         return
-    try:
+    with closing(point):
         mountapi.attach(fd, point)
-    finally:
-        os.close(point)
 
 
 @step("pivot_root into the copy of the container (the old root detached)")
 def pivot_to_copy(ctx: Context) -> None:
-    mounts.pivot_onto(ctx.target_tree)
-    ctx.target_tree = -1
+    tree, ctx.target_tree = ctx.target_tree, -1
+    mounts.pivot_onto(tree)
 
 
 @step("tmpfs /dev with crashcart's own standard nodes, toolbox at /dev/crashcart")
@@ -202,18 +195,16 @@ def own_dev(ctx: Context) -> None:
     """Nothing of the host's /dev and nothing the container's image put in its /dev:
     null, zero, full, random, urandom, tty and the fd links, made here."""
     fd = mountapi.fs_mount("tmpfs", {"mode": "0755", "size": "4m"}, libc.MOUNT_ATTR_NOEXEC)
-    _ensure_dir("/dev")
-    mountapi.attach(fd, libc.AT_FDCWD, "/dev")
-    os.close(fd)
+    with Fd(fd) as owned:
+        _ensure_dir("/dev")
+        mountapi.attach_and_close(owned.take(), libc.AT_FDCWD, "/dev")
     for name, (major, minor) in STANDARD_NODES.items():
         os.mknod(f"/dev/{name}", 0o020666, os.makedev(major, minor))
         os.chmod(f"/dev/{name}", 0o666)  # whatever the umask
     for name, link in STANDARD_LINKS.items():
         os.symlink(link, f"/dev/{name}")
     os.mkdir("/dev/crashcart", 0o755)
-    toolbox = _toolbox_tree(ctx)
-    mountapi.attach(toolbox, libc.AT_FDCWD, "/dev/crashcart")
-    os.close(toolbox)
+    mountapi.attach_and_close(_toolbox_tree(ctx), libc.AT_FDCWD, "/dev/crashcart")
 
 
 def _toolbox_tree(ctx: Context) -> int:
@@ -239,10 +230,8 @@ def write_files(layout: Layout) -> Step:
         os.makedirs("/run/crashcart", 0o755, exist_ok=True)
         for path, data in layout.files.items():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-            try:
+            with closing(fd):
                 os.write(fd, data)
-            finally:
-                os.close(fd)
 
     return write_session_files
 
@@ -251,18 +240,14 @@ def fresh_proc(layout: Layout, path: str) -> Step:
     @step(f"procfs of the session's pid namespace at {path} (read-only)")
     def mount_own_proc(ctx: Context) -> None:
         """After the fork: the new pid namespace exists once its PID 1 does."""
-        nsfd = os.open("pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=layout.ns_dir)
-        try:
+        ns_dir, layout.ns_dir = layout.ns_dir, -1
+        with closing(ns_dir):
+            nsfd = os.open("pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=ns_dir)
+        with closing(nsfd):
             fd = mountapi.fs_mount("proc", {}, PROC_ATTRS | libc.MOUNT_ATTR_RDONLY,
                                    fds={"pidns": nsfd})  # fmt: skip
-        finally:
-            os.close(nsfd)
-            os.close(layout.ns_dir)
-            layout.ns_dir = -1
-        try:
+        with Fd(fd) as owned:
             _ensure_dir(path)
-            mountapi.attach(fd, libc.AT_FDCWD, path)
-        finally:
-            os.close(fd)
+            mountapi.attach_and_close(owned.take(), libc.AT_FDCWD, path)
 
     return mount_own_proc

@@ -18,6 +18,7 @@ from crashcart.attach.context import Context, Step
 from crashcart.attach.options import DEBUG_CAPS, RC_FILE, SESSION_PATH, SessionOptions
 from crashcart.errors import UsageError
 from crashcart.linux import caps, cgroups, libc, mountapi, ns, procfs
+from crashcart.linux.fd import close_all, closing
 from crashcart.pinned import PinnedTarget, TargetInfo
 from crashcart.targets.model import Target
 from crashcart.text import printable
@@ -53,9 +54,7 @@ class Prepared:
 
     def close_child_ends(self) -> None:
         """After the fork of the setup process: what only it needed."""
-        for fd in (self.ctx.report_w, self.ctx.go_r):
-            if fd >= 0:
-                os.close(fd)
+        close_all((self.ctx.report_w, self.ctx.go_r))
         self.ctx.report_w = self.ctx.go_r = -1
         if self.toolbox is not None:
             self.toolbox.close()
@@ -63,15 +62,10 @@ class Prepared:
         self.ctx.sock.close()
 
     def close(self) -> None:
-        for fd in (self.ctx.report_w, self.ctx.go_r, self.report_r, self.go_w, *self.cgroup_fds):
-            if fd >= 0:
-                os.close(fd)
+        self.close_child_ends()
+        close_all((self.report_r, self.go_w, *self.cgroup_fds))
         self.cgroup_fds = []
-        self.report_r = self.go_w = self.ctx.report_w = self.ctx.go_r = -1
-        if self.toolbox is not None:
-            self.toolbox.close()
-            self.toolbox = None
-        self.ctx.sock.close()
+        self.report_r = self.go_w = -1
         self.host_sock.close()
         self.pinned.close()
 
@@ -86,12 +80,10 @@ def read_in_root(root_fd: int, path: str, limit: int = 1 << 20) -> str | None:
         fd = libc.openat2(root_fd, path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK, flags)
     except OSError:
         return None
-    try:
+    with closing(fd):
         if not stat.S_ISREG(os.fstat(fd).st_mode) or libc.fstatfs_type(fd) in PSEUDO_FS:
             return None
         return os.read(fd, limit).decode(errors="replace")
-    finally:
-        os.close(fd)
 
 
 def resolve_user(spec: str | None, root_fd: int, info: TargetInfo) -> tuple[int, int, str]:
@@ -213,7 +205,7 @@ def workdir(opts: SessionOptions, info: TargetInfo) -> str:
     return "/target" + (cwd if cwd != "/" else "")
 
 
-def steps(nss: ns.Namespaces, tty: bool, *, in_place: bool = False) -> list[Step]:
+def steps(nss: ns.Namespaces, *, tty: bool, in_place: bool = False) -> list[Step]:
     """What the setup process does, in order. Names the namespaces actually joined."""
     before = tuple(k for k in ns.BEFORE_MOUNT if k in nss.foreign)
     out = [mounts.join(before)] if before else []
@@ -275,16 +267,16 @@ def cgroup_files(pinned: PinnedTarget, join: bool) -> tuple[list[int], str | Non
                     "the target's cgroup disappeared (the container stopped?)"
                 ) from None
     except BaseException:
-        for fd in fds:
-            os.close(fd)
+        close_all(fds)
         raise
     return fds, note
 
 
-def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> Prepared:
+def prepare(target: Target, spec_text: str, opts: SessionOptions, *, tty: bool) -> Prepared:
     pinned = PinnedTarget(target, allow_host=opts.allow_host)
     opened: list[int] = []
     toolbox = None
+    socks: list[_socket.socket] = []
     try:
         info = pinned.info
         cgroup_fds, paused = cgroup_files(pinned, opts.join_cgroup)
@@ -295,14 +287,15 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
             from crashcart.errors import TargetGone
 
             raise TargetGone(f"{target.describe()} exited while crashcart attached")
-        host_sock, child_sock = _socket.socketpair(
-            _socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC
-        )
+        socks += _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_SEQPACKET | _socket.SOCK_CLOEXEC)
+        host_sock, child_sock = socks
         report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        opened += (report_r, report_w)
         go_r, go_w = os.pipe2(os.O_CLOEXEC)
     except BaseException:
-        for fd in opened:
-            os.close(fd)
+        close_all(opened)  # the pipes too: a second pipe2 can fail with EMFILE
+        for sock in socks:
+            sock.close()
         if toolbox is not None:
             toolbox.close()
         pinned.close()
@@ -316,7 +309,7 @@ def prepare(target: Target, spec_text: str, opts: SessionOptions, tty: bool) -> 
                          "sees every host process")  # fmt: skip
     if opts.debug and opts.user is not None:
         ctx.notes.append(f"--user {printable(opts.user)}: uid {uid}, gid {gid} (from {gid_from})")
-    plan = steps(pinned.nss, tty, in_place=opts.in_place)
+    plan = steps(pinned.nss, tty=tty, in_place=opts.in_place)
     return Prepared(target, pinned, ctx, host_sock, report_r, go_w, cgroup_fds, plan,
                     final_steps(), toolbox)  # fmt: skip
 
@@ -354,7 +347,7 @@ class Unpinned:
         self.target = target
         self.nss = nss or ns.Namespaces()  # namespaces to join all the same (--replay-net)
         self.root_fd = -1
-        self.info = TargetInfo("", [], True, None, "/", 0, 1)
+        self.info = TargetInfo("", [], setgroups=True, label=None, cwd="/", start_time=0, pid=1)
 
     def alive(self) -> bool:
         return True

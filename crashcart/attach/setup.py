@@ -21,6 +21,7 @@ from crashcart.attach import child, wire
 from crashcart.attach.context import Context, Step, StepFailed
 from crashcart.errors import EXIT_CRASHCART
 from crashcart.linux import caps, libc, ns, procfs, proctitle, sig
+from crashcart.linux.fd import close_all
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,9 +157,7 @@ def _start_supervisor(ctx: Context, final: list[Step], title: str,
             _failed(ctx.sock, e.code, f"failed to attach: {e}")
             raise
         ctx.sock.close()
-    for fd in (ctx.report_w, ctx.pty_slave, ctx.go_r):
-        if fd >= 0:
-            os.close(fd)
+    close_all((ctx.report_w, ctx.pty_slave, ctx.go_r))
     os.closerange(0, 3)
     return _watch(pid)
 
@@ -171,7 +170,7 @@ def _enter_pid_and_user(ctx: Context) -> None:
     except OSError as e:
         raise StepFailed("setns pid user", e) from None
     ctx.nss.close()
-    os.close(ctx.root_fd) if ctx.root_fd >= 0 else None
+    close_all((ctx.root_fd,))
     ctx.root_fd = -1
 
 

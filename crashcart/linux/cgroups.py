@@ -15,6 +15,7 @@ import _thread
 import os
 
 from crashcart.linux import procfs
+from crashcart.linux.fd import closing
 
 Mounts = list[tuple[frozenset[str], str]]
 
@@ -61,11 +62,9 @@ def _self_migrate() -> None:
         for _, ctrls, path in procfs.parse_cgroup(procfs.read_text("/proc/self/cgroup")):
             base = find(found, ctrls)
             if base:
-                fd = os.open(f"{base}{path}/cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-                try:
+                procs = f"{base}{path}/cgroup.procs"
+                with closing(os.open(procs, os.O_WRONLY | os.O_CLOEXEC)) as fd:
                     os.write(fd, str(os.getpid()).encode())
-                finally:
-                    os.close(fd)
                 return
     except OSError:
         pass  # only an optimisation

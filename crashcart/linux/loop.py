@@ -14,6 +14,8 @@ import errno
 import fcntl
 import os
 
+from crashcart.linux.fd import Fd, closing
+
 LOOP_CTL_GET_FREE = 0x4C82
 LOOP_CONFIGURE = 0x4C0A
 LO_FLAGS_READ_ONLY = 1
@@ -52,25 +54,20 @@ class LoopConfig(ctypes.Structure):
 
 def attach(image_fd: int, tries: int = 20) -> tuple[int, str]:
     """Bind a free loop device read-only with autoclear to image_fd: (loop fd, /dev path)."""
-    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
-    try:
+    config = LoopConfig()
+    config.fd = image_fd
+    config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
+    with closing(os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)) as ctl:
         for _ in range(tries):
-            n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
-            path = f"/dev/loop{n}"
-            loop_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            config = LoopConfig()
-            config.fd = image_fd
-            config.info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR
-            try:
-                fcntl.ioctl(loop_fd, LOOP_CONFIGURE, bytes(config))
-            except OSError as e:
-                os.close(loop_fd)
-                if e.errno == errno.EBUSY:  # another process took it after GET_FREE
-                    continue
-                raise
-            return loop_fd, path
-    finally:
-        os.close(ctl)
+            path = f"/dev/loop{fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)}"
+            with Fd(os.open(path, os.O_RDONLY | os.O_CLOEXEC)) as loop_fd:
+                try:
+                    fcntl.ioctl(loop_fd.fd, LOOP_CONFIGURE, bytes(config))
+                except OSError as e:
+                    if e.errno == errno.EBUSY:  # another process took it after GET_FREE
+                        continue
+                    raise
+                return loop_fd.take(), path
     raise OSError(errno.EBUSY, "no free loop device after retries")
 
 

@@ -11,6 +11,7 @@ import errno
 import os
 
 from crashcart.linux import libc, loop
+from crashcart.linux.fd import Fd, closing
 
 EROFS_MAGIC = 0xE0F5E1E2
 SQUASHFS_MAGIC = b"hsqs"
@@ -49,8 +50,7 @@ def _fs_create(
     flags: tuple[str, ...] = (),
     fds: dict[str, int] | None = None,
 ) -> int:
-    fsfd = libc.fsopen(fstype)
-    try:
+    with closing(libc.fsopen(fstype)) as fsfd:
         for key, value in options.items():
             libc.fsconfig_string(fsfd, key, value)
         for key, fd in (fds or {}).items():
@@ -59,8 +59,6 @@ def _fs_create(
             libc.fsconfig_flag(fsfd, key)
         libc.fsconfig_create(fsfd)
         return libc.fsmount(fsfd)
-    finally:
-        os.close(fsfd)
 
 
 def fs_mount(
@@ -68,10 +66,10 @@ def fs_mount(
 ) -> int:
     """A new detached superblock mount of a virtual filesystem (tmpfs, proc, devpts); `fds`
     are fd-valued parameters (procfs's pidns=, Linux >= 6.18)."""
-    fd = _fs_create(fstype, options, fds=fds)
-    if attrs:
-        libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, attrs)
-    return fd
+    with Fd(_fs_create(fstype, options, fds=fds)) as mount:
+        if attrs:
+            libc.mount_setattr(mount.fd, "", libc.AT_EMPTY_PATH, attrs)
+        return mount.take()
 
 
 def mount_image(image_fd: int, fmt: str) -> ImageMount:
@@ -90,22 +88,18 @@ def mount_image(image_fd: int, fmt: str) -> ImageMount:
             if e.errno not in (errno.ENOTBLK, errno.EINVAL):
                 raise
     loop_fd, loop_path = loop.attach(image_fd)
-    try:
-        # "ro" on the superblock too: without it the block device is opened for writing,
-        # which a read-only loop device refuses (EACCES).
+    # The mount holds the device once made, so the loop fd goes either way; autoclear frees
+    # the device on the last unmount. "ro" on the superblock too: without it the block
+    # device is opened for writing, which a read-only loop device refuses (EACCES).
+    with closing(loop_fd):
         fd = _fs_create(fmt, {"source": loop_path}, ("ro",))
-    finally:
-        os.close(loop_fd)  # the mount now holds the device; autoclear frees it on unmount
     return _finish(fd, fmt, loop_path)
 
 
 def _finish(fd: int, fmt: str, loop_device: str | None) -> ImageMount:
-    try:
+    with Fd(fd) as mount:
         libc.mount_setattr(fd, "", libc.AT_EMPTY_PATH, TOOLBOX_ATTRS)
-    except BaseException:
-        os.close(fd)
-        raise
-    return ImageMount(fd, fmt, loop_device)
+        return ImageMount(mount.take(), fmt, loop_device)
 
 
 def clone_tree(dirfd: int, path: str, *, recursive: bool = True) -> int:
@@ -128,3 +122,10 @@ def attach(mount_fd: int, target_dirfd: int, target_path: str = "") -> None:
     if not target_path:
         flags |= libc.MOVE_MOUNT_T_EMPTY_PATH
     libc.move_mount(mount_fd, "", target_dirfd, target_path, flags)
+
+
+def attach_and_close(mount_fd: int, target_dirfd: int, target_path: str = "") -> None:
+    """attach() that consumes the mount fd: closed whether or not the attach worked (the
+    attached mount lives on in the namespace; a failed one dies with its fd)."""
+    with closing(mount_fd):
+        attach(mount_fd, target_dirfd, target_path)

@@ -34,6 +34,12 @@ def ns_id(pid: int | str, kind: str) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
+def ns_ino(pid: int | str, kind: str) -> int:
+    """The inode alone: every namespace lives on the one nsfs superblock, so it names the
+    namespace too (sideload's locks and records are keyed by it)."""
+    return ns_id(pid, kind)[1]
+
+
 class Namespaces:
     """Open fds on a process's namespaces, and which of them differ from ours."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from crashcart.linux import libc, sig
+from crashcart.linux.fd import Fd, closing
 
 PROC = os.environ.get("CRASHCART_PROC", "/proc")
 PF_EXITING = 0x4  # <linux/sched.h>, field 9 (flags) of /proc/PID/stat
@@ -56,12 +57,12 @@ def pin(pid: int) -> Pinned:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
         raise ProcessGone(pid) from None
-    try:
-        proc_fd = os.open(f"{PROC}/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        os.close(pidfd)
-        raise ProcessGone(pid) from None
-    pinned = Pinned(pid, pidfd, proc_fd)
+    with Fd(pidfd) as owned:  # any failure to open /proc/PID must not leak the pidfd
+        try:
+            proc_fd = os.open(f"{PROC}/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ProcessGone(pid) from None
+        pinned = Pinned(pid, owned.take(), proc_fd)
     if not pinned.alive():
         pinned.close()
         raise ProcessGone(pid)
@@ -71,8 +72,7 @@ def pin(pid: int) -> Pinned:
 def read_text(name: str, dir_fd: int | None = None, limit: int = 1 << 20) -> str:
     """The whole file, up to `limit` bytes. Read to EOF: seq_file /proc files (mountinfo,
     maps) hand out at most about a page per read()."""
-    fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)
-    try:
+    with closing(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=dir_fd)) as fd:
         chunks = []
         size = 0
         while size < limit:
@@ -82,8 +82,6 @@ def read_text(name: str, dir_fd: int | None = None, limit: int = 1 << 20) -> str
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks).decode(errors="replace")
-    finally:
-        os.close(fd)
 
 
 def status_field(status: str, key: str) -> str | None:

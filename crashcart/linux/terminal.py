@@ -11,6 +11,8 @@ import fcntl
 import os
 import struct
 
+from crashcart.linux.fd import Fd
+
 TIOCSPTLCK = 0x40045431
 TIOCGPTN = 0x80045430
 TIOCSCTTY = 0x540E
@@ -22,14 +24,10 @@ TIOCGPTPEER = 0x5441
 def open_pty(ptmx_path: str, dir_fd: int | None = None) -> tuple[int, int]:
     """(master, slave) from a ptmx; the slave is opened from the master (TIOCGPTPEER), not
     by path, so nothing in the target's /dev can substitute it."""
-    master = os.open(ptmx_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
-    try:
-        fcntl.ioctl(master, TIOCSPTLCK, struct.pack("i", 0))
-        slave = fcntl.ioctl(master, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
-    except BaseException:
-        os.close(master)
-        raise
-    return master, slave
+    with Fd(os.open(ptmx_path, os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)) as master:
+        fcntl.ioctl(master.fd, TIOCSPTLCK, struct.pack("i", 0))
+        slave = fcntl.ioctl(master.fd, TIOCGPTPEER, os.O_RDWR | os.O_NOCTTY)
+        return master.take(), slave
 
 
 def make_controlling(slave: int) -> None:

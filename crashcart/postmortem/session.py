@@ -32,7 +32,7 @@ CONTAINER_CAPS = ("chown", "dac_override", "fowner", "fsetid", "kill", "setgid",
 
 
 def _target(r: Record) -> Target:
-    return Target(r.runtime, r.id, r.name, 0, r.image, r.namespace)
+    return Target(r.runtime, r.id, r.name, 0, image=r.image, namespace=r.namespace)
 
 
 def _keep(profile: str) -> int | None:
@@ -127,7 +127,7 @@ def run_postmortem(r: Record, spec_text: str, opts: SessionOptions) -> int:
     r.check_layers()
     tty = host.wants_tty(opts)
     found = cores.find(r)
-    layout = ownns.Layout(r.layers, r.mounts, r.hostname, session_files(r, found), False)
+    layout = ownns.Layout(r.layers, r.mounts, r.hostname, session_files(r, found), writable=False)
     uid, gid = _ids(r, opts.user)
     toolbox = open_toolbox(opts.image)
     try:
@@ -218,7 +218,8 @@ def _original_net(r: Record) -> ns.Namespaces:
             f"--replay-net: {r.describe()} is not running: there is no network namespace to share",
             hint="without --replay-net the copy has lo only",
         )
-    pinned = PinnedTarget(Target(r.runtime, r.id, r.name, r.pid, r.image, r.namespace))
+    target = Target(r.runtime, r.id, r.name, r.pid, image=r.image, namespace=r.namespace)
+    pinned = PinnedTarget(target)
     try:
         out = ns.Namespaces()
         if "net" in pinned.nss.foreign:
@@ -232,7 +233,7 @@ def _original_net(r: Record) -> ns.Namespaces:
 def run_replay(r: Record, spec_text: str, opts: SessionOptions, share_net: bool = False) -> int:
     r.check_layers()
     tty = host.wants_tty(opts)
-    layout = ownns.Layout(r.layers, r.mounts, r.hostname or r.short_id, {}, True)
+    layout = ownns.Layout(r.layers, r.mounts, r.hostname or r.short_id, {}, writable=True)
     uid, gid = _ids(r, opts.user if opts.user is not None else r.user)
     toolbox = open_toolbox(opts.image)
     try:

@@ -10,7 +10,7 @@ from crashcart import targets
 from crashcart.attach.options import SessionOptions, default_image
 from crashcart.defaults import SUPERVISOR_TITLE
 from crashcart.errors import CrashcartError, SideloadError
-from crashcart.linux import procfs
+from crashcart.linux import ns, procfs
 from crashcart.sideload import ops, state
 from crashcart.targets.model import Target
 from crashcart.text import printable, shell_line
@@ -23,7 +23,7 @@ SHELL = "/dev/crashcart/shell"
 RUN_WITH_RC = '. /dev/crashcart/.crashcartrc >/dev/null 2>&1; exec "$@"'
 
 
-def inner_argv(command: list[str], tty: bool) -> list[str]:
+def inner_argv(command: list[str], *, tty: bool) -> list[str]:
     """What runs inside the container from the toolbox: the command with the toolbox's
     environment, or its shell (interactive on a terminal, reading stdin without one)."""
     if command:
@@ -39,22 +39,22 @@ def sideload_env(t: Target) -> dict[str, str]:
     return {"CRASHCART_MODE": "sideload", "CRASHCART_TARGET": name}
 
 
-def exec_argv(t: Target, command: list[str], tty: bool) -> list[str]:
+def exec_argv(t: Target, command: list[str], *, tty: bool) -> list[str]:
     """The runtime's own exec of `command` (or the toolbox shell) inside the target."""
-    argv = inner_argv(command, tty)
+    argv = inner_argv(command, tty=tty)
     env = sideload_env(t)
     if t.runtime == "pid":
         envs = [f"{k}={v}" for k, v in env.items()]
         return ["nsenter", "-a", "-t", str(t.pid), "/dev/crashcart/usr/bin/env", *envs, *argv]
     module = targets.MODULES[t.runtime]
-    return list(module.exec_argv(t, argv, tty, env))
+    return list(module.exec_argv(t, argv, tty=tty, env=env))
 
 
 def usage_hint(t: Target, paused: bool = False) -> str:
     if t.runtime == "pid":
         cmd = shell_line(["crashcart", "-e", t.ref])
     else:
-        cmd = shell_line(exec_argv(t, [], True))
+        cmd = shell_line(exec_argv(t, [], tty=True))
     note = (f"note: {t.describe()} is paused: the runtime's exec fails until it is unpaused\n"
             if paused else "")  # fmt: skip
     return printable(
@@ -80,14 +80,14 @@ def run_sideload(action: str, spec: str | None, *, runtime: str | None = None,
     t = targets.resolve(targets.parse_spec(spec, runtime))
     image = image or default_image()
     if action == "mount":
-        if ops.mount(t, image, allow_host):
+        if ops.mount(t, image, allow_host=allow_host):
             print(usage_hint(t, _paused(t)))
         else:
             print(printable(f"a toolbox is already mounted at /dev/crashcart in {t.describe()}: "
                             "nothing done"))  # fmt: skip
         return 0
     if action == "unmount":
-        message = ops.unmount(t, force, allow_host)
+        message = ops.unmount(t, force=force, allow_host=allow_host)
         if not quiet:
             print(printable(f"{t.describe()}: {message}"), file=sys.stderr)
         return 0
@@ -96,9 +96,9 @@ def run_sideload(action: str, spec: str | None, *, runtime: str | None = None,
     if t.runtime == "pid":
         run: Callable[[], int] = lambda: _run_in_place(t, opts, tty)  # noqa: E731
     else:
-        argv = exec_argv(t, opts.command, tty)
+        argv = exec_argv(t, opts.command, tty=tty)
         run = lambda: _run(argv)  # noqa: E731
-    code, note = ops.exec_with_toolbox(t, image, run, allow_host)
+    code, note = ops.exec_with_toolbox(t, image, run, allow_host=allow_host)
     if note and not quiet:
         print(f"crashcart: {note}", file=sys.stderr)
     return code
@@ -134,7 +134,7 @@ def _run_in_place(t: Target, given: SessionOptions, tty: bool) -> int:
         **given.env,
     }
     opts = SessionOptions(
-        command=inner_argv(given.command, tty), tty=tty, env=env, user=given.user,
+        command=inner_argv(given.command, tty=tty), tty=tty, env=env, user=given.user,
         caps=given.caps, join_cgroup=given.join_cgroup, allow_host=True, quiet=given.quiet,
         debug=given.debug, in_place=True,
     )  # fmt: skip
@@ -172,11 +172,11 @@ def _run(argv: list[str]) -> int:
 
 def _mnt_namespaces() -> dict[int, int]:
     """One PID per mount namespace on the host (ours excluded)."""
-    mine = os.stat("/proc/self/ns/mnt").st_ino
+    mine = ns.ns_ino("self", "mnt")
     out: dict[int, int] = {}
     for pid in procfs.pids():
         try:
-            ino = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            ino = ns.ns_ino(pid, "mnt")
         except OSError:
             continue
         if ino != mine:
@@ -189,7 +189,7 @@ def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
     by_ns: dict[int, Target] = {}
     for t in known.values():
         try:
-            by_ns[os.stat(f"/proc/{t.pid}/ns/mnt").st_ino] = t
+            by_ns[ns.ns_ino(t.pid, "mnt")] = t
         except OSError:
             continue
     only = _target_from(spec, runtime) if spec else None
@@ -247,7 +247,7 @@ def status(spec: str | None, as_json: bool, runtime: str | None = None) -> int:
 
 def _mnt_ino(pid: int) -> int | None:
     try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        return ns.ns_ino(pid, "mnt")
     except OSError:
         return None
 

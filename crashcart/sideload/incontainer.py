@@ -14,6 +14,7 @@ from collections.abc import Callable
 from crashcart import faults
 from crashcart.errors import SideloadError
 from crashcart.linux import libc, mountapi, mountinfo
+from crashcart.linux.fd import closing
 from crashcart.sideload import state
 from crashcart.sideload.helper import detach_fd_mount, mount_id
 from crashcart.text import printable
@@ -75,14 +76,12 @@ def attach(toolbox_fd: int, uid: int, gid: int, proc_fd: int) -> list[int]:
         point = libc.openat2(
             dev, "crashcart", os.O_RDONLY | os.O_DIRECTORY, RESOLVE_SAFE | libc.RESOLVE_BENEATH
         )
-        try:
+        with closing(point):
             if os.listdir(point):
                 raise SideloadError("/dev/crashcart in the container is not empty")
             if os.fstat(point).st_dev != os.fstat(dev).st_dev:
                 raise SideloadError("something is already mounted at /dev/crashcart")
             mountapi.attach(toolbox_fd, point)
-        finally:
-            os.close(point)
         _check_landed(toolbox_fd, proc_fd)
     except BaseException:
         if created:
@@ -129,34 +128,31 @@ def _rmdir_quietly(dev: int) -> None:
         pass
 
 
+O_DIR_PATH = os.O_PATH | os.O_DIRECTORY
+
+
 def _detach_moved(moved: list[tuple[int, str]]) -> None:
     """Toolboxes the container moved away from /dev/crashcart: each is detached through an
     fd on its root, checked to be that very mount (never a path followed blindly)."""
     flags = libc.RESOLVE_NO_SYMLINKS | libc.RESOLVE_NO_MAGICLINKS
     for mid, point in moved:
         try:
-            fd = libc.openat2(libc.AT_FDCWD, point, os.O_PATH | os.O_DIRECTORY, flags)
+            with closing(libc.openat2(libc.AT_FDCWD, point, O_DIR_PATH, flags)) as fd:
+                if mount_id(fd) == mid:
+                    detach_fd_mount(fd)
         except OSError:
-            continue
-        try:
-            if mount_id(fd) == mid:
-                detach_fd_mount(fd)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
+            continue  # gone, or not that mount any more: nothing of ours to detach
 
 
-def detach(count: int, lazy: bool, force: bool = False,
+def detach(count: int, *, lazy: bool, force: bool = False,
            moved: list[tuple[int, str]] | None = None) -> list[int]:  # fmt: skip
     """Unmount the toolbox: [0], or [1] when a user that users() did not see (in another
     pid namespace, say) made umount EBUSY and, with force, it was detached lazily."""
     _detach_moved(moved or [])
     if not count:
         return [0]
-    dev = _open_dev()
     busy = 0
-    try:
+    with closing(_open_dev()) as dev:
         os.fchdir(dev)
         flags = libc.UMOUNT_NOFOLLOW | (libc.MNT_DETACH if lazy else 0)
         for _ in range(count):
@@ -172,25 +168,21 @@ def detach(count: int, lazy: bool, force: bool = False,
                     ) from None
                 libc.umount2("crashcart", flags | libc.MNT_DETACH)
                 busy = 1
-    finally:
-        os.close(dev)
     return [busy]
 
 
 def remove_point(times: list[int] | None) -> list[int]:
     """rmdir the mount point crashcart created, if it is still an empty directory, and put
     /dev's atime/mtime back if nothing but crashcart changed /dev since."""
-    dev = _open_dev()
-    try:
-        st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
-        if stat.S_ISDIR(st.st_mode) and st.st_dev == os.fstat(dev).st_dev:
-            untouched = times is not None and os.fstat(dev).st_mtime_ns == times[2]
-            _rmdir_quietly(dev)
-            if untouched and times is not None:
-                os.fchdir(dev)
-                os.utime(".", ns=(times[0], times[1]), follow_symlinks=False)
-    except FileNotFoundError:
-        pass
-    finally:
-        os.close(dev)
+    with closing(_open_dev()) as dev:
+        try:
+            st = os.stat("crashcart", dir_fd=dev, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode) and st.st_dev == os.fstat(dev).st_dev:
+                untouched = times is not None and os.fstat(dev).st_mtime_ns == times[2]
+                _rmdir_quietly(dev)
+                if untouched and times is not None:
+                    os.fchdir(dev)
+                    os.utime(".", ns=(times[0], times[1]), follow_symlinks=False)
+        except FileNotFoundError:
+            pass
     return []

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from crashcart import faults
 from crashcart.errors import SideloadError, TargetError, TargetGone
-from crashcart.linux import libc, mountinfo, procfs
+from crashcart.linux import libc, mountinfo, ns, procfs
 from crashcart.pinned import PinnedTarget
 from crashcart.sideload import incontainer, state
 from crashcart.sideload.helper import ChildFn, HelperDied, run_in_child
@@ -23,10 +23,10 @@ from crashcart.toolbox import open_toolbox
 DEV_TYPES = ("tmpfs",)
 
 
-class Opened:
+class TargetMountNs:
     """A pinned target with the fds a child needs to act in its mount namespace."""
 
-    def __init__(self, target: Target, allow_host: bool = False) -> None:
+    def __init__(self, target: Target, *, allow_host: bool = False) -> None:
         self.pinned = PinnedTarget(target, allow_host=True, kinds=("mnt", "pid", "net", "user"))
         self.target = target
         self.nss = self.pinned.nss
@@ -69,10 +69,10 @@ class Opened:
         return run_in_child(entered)
 
 
-def _enter(o: Opened) -> None:
-    if "mnt" in o.nss.foreign:
-        libc.setns(o.nss.fds["mnt"], libc.CLONE_NEWNS)
-    os.fchdir(o.root_fd)
+def _enter(mns: TargetMountNs) -> None:
+    if "mnt" in mns.nss.foreign:
+        libc.setns(mns.nss.fds["mnt"], libc.CLONE_NEWNS)
+    os.fchdir(mns.root_fd)
     libc.chroot(".")
 
 
@@ -114,7 +114,7 @@ def _peers_elsewhere(dev: state.MountEntry, own_ns: int) -> bool:
     seen = {own_ns}
     for pid in procfs.pids():
         try:
-            ino = os.stat(f"{procfs.PROC}/{pid}/ns/mnt").st_ino
+            ino = ns.ns_ino(pid, "mnt")
             if ino in seen:
                 continue
             seen.add(ino)
@@ -126,49 +126,49 @@ def _peers_elsewhere(dev: state.MountEntry, own_ns: int) -> bool:
     return False
 
 
-def mount(target: Target, image: str, allow_host: bool = False) -> bool:
+def mount(target: Target, image: str, *, allow_host: bool = False) -> bool:
     """Mount the toolbox at /dev/crashcart. False if one was already there (no-op)."""
-    o = Opened(target, allow_host)
+    mns = TargetMountNs(target, allow_host=allow_host)
     try:
-        with state.locked(o.key):
+        with state.locked(mns.key):
             try:
-                return _mount_locked(o, image)
+                return _mount_locked(mns, image)
             except BaseException:
-                if not state.read_record(o.key):
-                    state.drop_record(o.key)  # its lock file too: nothing to remember
+                if not state.read_record(mns.key):
+                    state.drop_record(mns.key)  # its lock file too: nothing to remember
                 raise
     finally:
-        o.close()
+        mns.close()
 
 
-def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
-    entries = o.entries()
+def _mount_locked(mns: TargetMountNs, image: str, *, lease: bool = False) -> bool:
+    entries = mns.entries()
     if state.toolbox_mounts(entries):
-        record = trusted_record(o, mounted=True) or _new_record(o, "?", False)
+        record = trusted_record(mns, mounted=True) or _new_record(mns, "?", created=False)
         if lease:
             record.leases.append(state.lease_for_self())
         else:
             record.by_exec = False  # -m: it stays until -u, whoever mounted it
-        state.write_record(o.key, record)
+        state.write_record(mns.key, record)
         return False
-    check_dev(entries, int(o.key.removeprefix("mnt-")))
+    check_dev(entries, int(mns.key.removeprefix("mnt-")))
     toolbox = open_toolbox(image)
     try:
-        uid, gid = o.root_ids()
+        uid, gid = mns.root_ids()
         # Written before the container is touched: a run killed after the mkdir leaves
         # "pending", which tells `crashcart cleanup` the directory is ours to remove.
-        record = _new_record(o, os.path.realpath(image), "pending")
+        record = _new_record(mns, os.path.realpath(image), created="pending")
         record.by_exec = lease
         if lease:
             record.leases = [state.lease_for_self()]
-        state.write_record(o.key, record)
+        state.write_record(mns.key, record)
         faults.point("mount:after-record")
         try:
-            times = o.run(lambda: incontainer.attach(toolbox.fd, uid, gid, o.pinned.proc_fd))
+            times = mns.run(lambda: incontainer.attach(toolbox.fd, uid, gid, mns.pinned.proc_fd))
         except HelperDied:
             raise  # it may have made the mount point: the record stays for cleanup
         except SideloadError:
-            state.drop_record(o.key)  # the helper failed cleanly and undid its mkdir
+            state.drop_record(mns.key)  # the helper failed cleanly and undid its mkdir
             raise
         faults.point("mount:after-attach")
     finally:
@@ -176,18 +176,18 @@ def _mount_locked(o: Opened, image: str, lease: bool = False) -> bool:
     record.created_dir = bool(times)
     if times:
         record.dev_times = times
-    state.write_record(o.key, record)
+    state.write_record(mns.key, record)
     return True
 
 
-def _new_record(o: Opened, image: str, created: bool | str) -> state.Record:
-    t = o.target
-    record = state.Record(t.ref, t.runtime, t.name, t.pid, o.start_time, image, state.now())
+def _new_record(mns: TargetMountNs, image: str, *, created: bool | str) -> state.Record:
+    t = mns.target
+    record = state.Record(t.ref, t.runtime, t.name, t.pid, mns.start_time, image, state.now())
     record.created_dir = created
     return record
 
 
-def trusted_record(o: Opened, mounted: bool) -> state.Record | None:
+def trusted_record(mns: TargetMountNs, *, mounted: bool) -> state.Record | None:
     """The record of the target's mount namespace, if it is about *this* namespace.
 
     Records are keyed by the namespace's inode number, which the kernel reuses once a
@@ -195,38 +195,38 @@ def trusted_record(o: Opened, mounted: bool) -> state.Record | None:
     namespace, or while a toolbox is mounted there. Anything else is a stale record of
     another container; it is dropped, never acted upon (it could name a directory that is
     not ours)."""
-    record = state.read_record(o.key)
-    if record and not (mounted or state.record_is_current(record, o.key)):
-        state.drop_record(o.key)
+    record = state.read_record(mns.key)
+    if record and not (mounted or state.record_is_current(record, mns.key)):
+        state.drop_record(mns.key)
         return None
     return record
 
 
 def exec_with_toolbox(
-    target: Target, image: str, run: Callable[[], int], allow_host: bool = False
+    target: Target, image: str, run: Callable[[], int], *, allow_host: bool = False
 ) -> tuple[int, str | None]:
     """-e: mount (or reuse) the toolbox, run the runtime's exec, then unmount if an -e
     mounted it (this one or another) and no other user remains: the last -e out removes
     it. (status, note about what was left)."""
-    o = Opened(target, allow_host)
+    mns = TargetMountNs(target, allow_host=allow_host)
     try:
-        with state.locked(o.key):
-            mounted_here = _mount_locked(o, image, lease=True)
+        with state.locked(mns.key):
+            mounted_here = _mount_locked(mns, image, lease=True)
             try:
-                check_in_place(o.entries())
+                check_in_place(mns.entries())
             except SideloadError:
-                _leave(o, mounted_here)
+                _leave(mns, mounted_here=mounted_here)
                 raise
         note = None
         faults.point("exec:after-mount")
         try:
             status = run()
         finally:
-            with state.locked(o.key):
-                note = _leave(o, mounted_here)
+            with state.locked(mns.key):
+                note = _leave(mns, mounted_here=mounted_here)
         return status, note
     finally:
-        o.close()
+        mns.close()
 
 
 def check_in_place(entries: list[state.MountEntry]) -> None:
@@ -244,31 +244,31 @@ def check_in_place(entries: list[state.MountEntry]) -> None:
         )
 
 
-def _leave(o: Opened, mounted_here: bool) -> str | None:
+def _leave(mns: TargetMountNs, *, mounted_here: bool) -> str | None:
     me = os.getpid()
-    record = state.read_record(o.key)
+    record = state.read_record(mns.key)
     if record:
         record.leases = [x for x in record.leases if x[0] != me]
-        state.write_record(o.key, record)
+        state.write_record(mns.key, record)
     if not (record.by_exec if record else mounted_here):
         return None
     try:
-        _unmount_locked(o, force=False, exclude_lease=me)
+        _unmount_locked(mns, force=False, exclude_lease=me)
     except SideloadError as e:
         return f"toolbox left mounted: {e}"
     return None
 
 
-def users(o: Opened, entries: list[state.MountEntry]) -> list[str]:
+def users(mns: TargetMountNs, entries: list[state.MountEntry]) -> list[str]:
     """Processes of the container that run from, or hold files of, the toolbox."""
     devs = {m.device for m in state.toolbox_mounts(entries, anywhere=True)}
     if not devs:
         return []
-    pidns = os.stat(f"{procfs.PROC}/{o.pinned.pid}/ns/pid").st_ino
+    pidns = ns.ns_ino(mns.pinned.pid, "pid")
     out = []
     for pid in procfs.pids():
         try:
-            if os.stat(f"{procfs.PROC}/{pid}/ns/pid").st_ino != pidns:
+            if ns.ns_ino(pid, "pid") != pidns:
                 continue
             if _uses(pid, devs):
                 comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()
@@ -278,23 +278,24 @@ def users(o: Opened, entries: list[state.MountEntry]) -> list[str]:
     return out
 
 
+def _on(path: str, devs: set[int]) -> bool:
+    """Whether what path names (followed, as /proc's magic links are) is on one of devs."""
+    try:
+        return os.stat(path).st_dev in devs
+    except OSError:
+        return False
+
+
 def _uses(pid: int, devs: set[int]) -> bool:
     base = f"{procfs.PROC}/{pid}"
-    for link in ("exe", "cwd", "root"):
-        try:
-            if os.stat(f"{base}/{link}").st_dev in devs:
-                return True
-        except OSError:
-            pass
+    if any(_on(f"{base}/{link}", devs) for link in ("exe", "cwd", "root")):
+        return True
     try:
-        for fd in os.listdir(f"{base}/fd"):
-            try:
-                if os.stat(f"{base}/fd/{fd}").st_dev in devs:
-                    return True
-            except OSError:
-                continue
+        fds = os.listdir(f"{base}/fd")
     except OSError:
-        pass
+        fds = []
+    if any(_on(f"{base}/fd/{fd}", devs) for fd in fds):
+        return True
     wanted = {f"{os.major(d):02x}:{os.minor(d):02x}" for d in devs}
     try:
         maps = procfs.read_text(f"{base}/maps", limit=64 << 20)
@@ -303,23 +304,23 @@ def _uses(pid: int, devs: set[int]) -> bool:
     return any(len(f := line.split()) > 3 and f[3] in wanted for line in maps.splitlines())
 
 
-def unmount(target: Target, force: bool = False, allow_host: bool = False) -> str:
+def unmount(target: Target, *, force: bool = False, allow_host: bool = False) -> str:
     """Remove the toolbox (and the mount point crashcart made). Idempotent."""
-    o = Opened(target, allow_host)
+    mns = TargetMountNs(target, allow_host=allow_host)
     try:
-        with state.locked(o.key):
-            return _unmount_locked(o, force)
+        with state.locked(mns.key):
+            return _unmount_locked(mns, force=force)
     finally:
-        o.close()
+        mns.close()
 
 
-def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) -> str:
-    entries = o.entries()
+def _unmount_locked(mns: TargetMountNs, *, force: bool, exclude_lease: int | None = None) -> str:
+    entries = mns.entries()
     mounted = state.toolbox_mounts(entries, anywhere=True)
-    record = trusted_record(o, bool(mounted))
+    record = trusted_record(mns, mounted=bool(mounted))
     message = "not mounted"
     if mounted:
-        seen = users(o, entries)
+        seen = users(mns, entries)
         leases = [p for p in state.live_leases(record) if p != exclude_lease]
         holders = seen + [f"crashcart -e (pid {p})" for p in leases]
         if holders and not force:
@@ -331,7 +332,7 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
         lazy = bool(holders)
         here = [m for m in mounted if m.point == state.MOUNT_POINT]
         moved = [(m.mount_id, m.point) for m in mounted if m.point != state.MOUNT_POINT]
-        busy = o.run(lambda: incontainer.detach(len(here), lazy, force, moved))
+        busy = mns.run(lambda: incontainer.detach(len(here), lazy=lazy, force=force, moved=moved))
         faults.point("unmount:after-detach")
         message = "unmounted" + (f" lazily; still in use by {', '.join(holders)}" if lazy else "")
         message = printable(message)
@@ -339,6 +340,6 @@ def _unmount_locked(o: Opened, force: bool, exclude_lease: int | None = None) ->
             message = "unmounted lazily; still in use by a process crashcart cannot see"
     if record and record.created_dir in (True, "pending"):
         times = record.dev_times
-        o.run(lambda: incontainer.remove_point(times))
-    state.drop_record(o.key)
+        mns.run(lambda: incontainer.remove_point(times))
+    state.drop_record(mns.key)
     return message

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from crashcart.linux import mountinfo, procfs
+from crashcart.linux import mountinfo, ns, procfs
 
 STATE_DIR = os.environ.get("CRASHCART_STATE_DIR", "/run/crashcart")
 MOUNT_POINT = "/dev/crashcart"
@@ -72,7 +72,7 @@ def mounted_in(pid: int) -> bool:
 def mnt_ns_key(pid: int) -> str:
     """Locks and records are per mount namespace: the same container reached as
     docker://NAME, pid://N or by ID prefix is one key."""
-    return f"mnt-{os.stat(f'{procfs.PROC}/{pid}/ns/mnt').st_ino}"
+    return f"mnt-{ns.ns_ino(pid, 'mnt')}"
 
 
 def _dir() -> str:

@@ -2,22 +2,14 @@
 
 Every runtime module has the same five names (the RuntimeModule protocol in model.py):
 NAME, available(), find(query), list_running(), exec_argv(target, argv, tty, env). A new
-runtime is one module and one row in MODULES (and its name in model.RUNTIMES)."""
+runtime is one module and one row in MODULES (and its name in model.RUNTIMES). pid://N is
+no runtime: pid.py names a host process after the container a runtime knows it by."""
 
 from __future__ import annotations
 
 from crashcart.errors import AmbiguousTarget, TargetError
-from crashcart.linux import procfs
-from crashcart.targets import containerd, crun, docker, k8s, lxc, machine, podman, procs, runc
-from crashcart.targets.model import (
-    PRIORITY,
-    RUNTIMES,
-    NotRunning,
-    Spec,
-    Target,
-    is_hex_id,
-    parse_spec,
-)
+from crashcart.targets import containerd, crun, docker, k8s, lxc, machine, pid, podman, runc
+from crashcart.targets.model import PRIORITY, RUNTIMES, NotRunning, Spec, Target, parse_spec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -49,55 +41,6 @@ def dedupe(targets: list[Target]) -> list[Target]:
     return sorted(best.values(), key=lambda t: (PRIORITY[t.runtime], t.name))
 
 
-def _cgroup_id(cgroups: list[tuple[str, str, str]]) -> str:
-    """A 64-hex container ID named by the process's cgroup path (any runtime's layout:
-    docker-ID.scope, libpod-ID, /kubepods/.../ID, crio-ID ...), or ''."""
-    for _, _, path in reversed(cgroups):
-        for part in path.replace(".", "/").replace("-", "/").split("/"):
-            if len(part) == 64 and is_hex_id(part):
-                return part
-    return ""
-
-
-def _pid_hints(pid: int, cgroups: list[tuple[str, str, str]]) -> list[str]:
-    """Names or IDs a PID's container may have: its cgroup's leaf (docker-ID.scope,
-    libpod-ID, lxc.payload.NAME ...), a 64-hex ID in its cgroup path, and for a container's
-    main process the `-c ID` of its conmon parent (rootless Podman on cgroup v1 has no
-    cgroup of its own) or the machine name of its systemd-nspawn parent."""
-    leaf = cgroups[-1][2].rstrip("/").rsplit("/", 1)[-1] if cgroups else ""
-    for prefix in ("libpod-", "docker-", "lxc.payload.", "crio-", "cri-containerd-"):
-        leaf = leaf.removeprefix(prefix)
-    hints = [leaf.removesuffix(".scope"), _cgroup_id(cgroups)]
-    parent = procs.cmdline(procs.parent(pid))
-    if parent and parent[0].endswith("conmon") and "-c" in parent[:-1]:
-        hints.append(parent[parent.index("-c") + 1])
-    elif parent and parent[0].endswith("systemd-nspawn"):
-        hints.append(machine.machine_name(parent))
-    return [h for h in dict.fromkeys(hints) if h and h != "payload"]
-
-
-def pid_target(pid: int) -> Target:
-    """A host PID; named after its container when a runtime knows the container."""
-    try:
-        comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()
-        cgroups = procfs.parse_cgroup(procfs.read_text(f"{procfs.PROC}/{pid}/cgroup"))
-    except (FileNotFoundError, ProcessLookupError):
-        raise TargetError(f"no process with PID {pid}") from None
-    for query in _pid_hints(pid, cgroups):
-        try:
-            found, _ = _search(Spec(query, None, query))
-        except TargetError:
-            found = []
-        for t in found:
-            if t.exact and t.state == "running":
-                # The PID given, pinned by its own start time (its cgroup may name nothing).
-                t.pid, t.started = pid, procs.start_time(pid)
-                return t
-    unknown = _cgroup_id(cgroups)
-    detail = f"a container crashcart does not know (cgroup names {unknown[:12]})" if unknown else ""
-    return Target("pid", str(pid), comm, pid, detail=detail)
-
-
 def _search(spec: Spec) -> tuple[list[Target], list[str]]:
     runtimes = [spec.runtime] if spec.runtime else list(RUNTIMES)
     query = f"{spec.namespace}/{spec.query}" if spec.namespace else spec.query
@@ -115,7 +58,7 @@ def _search(spec: Spec) -> tuple[list[Target], list[str]]:
 def resolve(spec: Spec) -> Target:
     if spec.runtime == "pid":
         try:
-            return pid_target(int(spec.query))
+            return pid.target(int(spec.query), lambda s: _search(s)[0])
         except TargetError:
             if spec.text.startswith("pid://"):
                 raise

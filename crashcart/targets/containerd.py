@@ -75,7 +75,7 @@ def find(query: str) -> list[Target]:
         ok, exact = matches(cid_query, cid, [])
         if ok and os.path.isdir(os.path.join(task_root(), ns, cid)):
             pid, state = _task_state(ns, cid)
-            out.append(Target(NAME, cid, cid, pid, "", ns, exact, state))
+            out.append(Target(NAME, cid, cid, pid, namespace=ns, exact=exact, state=state))
     return out
 
 
@@ -84,7 +84,7 @@ def list_running() -> list[Target]:
     for ns, cid in _tasks(None):
         pid, state = _task_state(ns, cid)
         if state in ("running", "paused"):
-            out.append(Target(NAME, cid, cid, pid, "", ns, True, state))
+            out.append(Target(NAME, cid, cid, pid, namespace=ns, state=state))
     images = _images({t.namespace for t in out if t.namespace})
     for t in out:
         t.image = images.get((t.namespace or "", t.id), "")

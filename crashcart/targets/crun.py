@@ -35,12 +35,12 @@ def read_status(cid: str) -> Target | None:
     pid = field(status, "pid", int, path)
     start = field(status, "process-start-time", int, path)
     if pid <= 0 or procs.start_time(pid) != start:
-        return Target(NAME, cid, cid, 0, "", None, True, "stopped")
+        return Target(NAME, cid, cid, 0, state="stopped")
     if os.path.exists(os.path.join(root(), cid, "exec.fifo")):
         state = "created"  # `crun create` done, `crun start` not yet
     else:
         state = procs.running_state(pid)
-    return Target(NAME, cid, cid, pid, "", None, True, state, "", start)
+    return Target(NAME, cid, cid, pid, state=state, started=start)
 
 
 def _ids() -> list[str]:

@@ -35,7 +35,7 @@ def _target(info: Any, query: str | None = None) -> Target:
     image = info.get("Config", {}).get("Image", "") if isinstance(info.get("Config"), dict) else ""
     exact = query is None or query in (cid, name)
     status, detail = docker_state(state)
-    return Target(NAME, cid, name, pid, str(image), None, exact, status, detail)
+    return Target(NAME, cid, name, pid, image=str(image), exact=exact, state=status, detail=detail)
 
 
 # Docker's State.Status -> crashcart's state (a paused container is also State.Running).

@@ -30,7 +30,7 @@ def _records(ids: list[str] | None = None, needle: bytes = b"") -> list[layout.R
 
 def _target(rec: layout.Record, exact: bool = True) -> Target:
     return Target(
-        NAME, rec.id, rec.path, rec.pid, rec.image, rec.namespace, exact,
+        NAME, rec.id, rec.path, rec.pid, image=rec.image, namespace=rec.namespace, exact=exact,
         pod=rec.pod, pod_uid=rec.uid, container=rec.container, attempt=rec.attempt, cri=rec.cri,
     )  # fmt: skip
 

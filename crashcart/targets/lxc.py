@@ -59,9 +59,9 @@ def _init(name: str) -> int:
 def _target(name: str) -> Target:
     pid = _init(name)
     if not pid:
-        return Target(NAME, name, name, 0, "", None, True, "stopped")
-    return Target(NAME, name, name, pid, "", None, True, procs.running_state(pid), "",
-                  procs.start_time(pid))  # fmt: skip
+        return Target(NAME, name, name, 0, state="stopped")
+    return Target(NAME, name, name, pid, state=procs.running_state(pid),
+                  started=procs.start_time(pid))  # fmt: skip
 
 
 def find(query: str) -> list[Target]:

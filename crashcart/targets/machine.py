@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from crashcart.linux import ns
 from crashcart.targets import procs
 from crashcart.targets.model import Target
 
@@ -82,16 +83,16 @@ def _nspawn_leaders() -> dict[str, int]:
     return out
 
 
-def _pidns(pid: int) -> str | None:
+def _pidns(pid: int) -> tuple[int, int] | None:
     try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
+        return ns.ns_id(pid, "pid")
     except OSError:
         return None
 
 
 def _target(name: str, pid: int) -> Target:
-    return Target(NAME, name, name, pid, "", None, True, procs.running_state(pid), "",
-                  procs.start_time(pid))  # fmt: skip
+    return Target(NAME, name, name, pid, state=procs.running_state(pid),
+                  started=procs.start_time(pid))  # fmt: skip
 
 
 def find(query: str) -> list[Target]:

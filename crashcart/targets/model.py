@@ -56,6 +56,7 @@ class Target:
         id: str,
         name: str,
         pid: int,  # host PID of the container's main process (0 when it has none)
+        *,
         image: str = "",
         namespace: str | None = None,  # containerd namespace, or podman pod
         exact: bool = True,  # matched by full name/ID rather than by an ID prefix
@@ -63,7 +64,6 @@ class Target:
         detail: str = "",  # for a container that is not running: "exit code 0, 5 s ago"
         started: int | None = None,  # starttime of `pid` (/proc/PID/stat field 22), if known
         owner: int = 0,  # the uid whose rootless runtime runs it (0: root's)
-        *,
         pod: str | None = None,  # k8s: the pod's name, its UID, the container's name in it,
         pod_uid: str | None = None,  # its restart attempt (None: unknown) and the CRI
         container: str | None = None,  # runtime (containerd or cri-o)

@@ -89,7 +89,7 @@ class Record:
     def name(self) -> str:
         return self.names[0] if self.names else self.id
 
-    def userdata(self, run: bool) -> str:
+    def userdata(self, *, run: bool) -> str:
         root = self.store.run if run else self.store.graph
         return os.path.join(root, f"{self.driver}-containers", self.id, "userdata")
 
@@ -129,7 +129,7 @@ def _live_pid(r: Record) -> tuple[int, int | None]:
     names the ID (rootful), or its parent is the conmon started for this ID (rootless
     Podman on cgroup v1 gets no cgroup of its own). (0, None) when it has no process."""
     try:
-        with open(os.path.join(r.userdata(True), "pidfile")) as f:
+        with open(os.path.join(r.userdata(run=True), "pidfile")) as f:
             pid = int(f.read(32).strip() or 0)
     except (OSError, ValueError):
         return 0, None
@@ -147,7 +147,7 @@ def _live_pid(r: Record) -> tuple[int, int | None]:
 def _config(r: Record) -> dict[str, object]:
     """The container's OCI config.json (annotations, cgroupsPath), {} when unreadable."""
     try:
-        with open(os.path.join(r.userdata(False), "config.json"), "rb") as f:
+        with open(os.path.join(r.userdata(run=False), "config.json"), "rb") as f:
             config = fastjson.loads(f.read(4 << 20))
     except (OSError, ValueError):
         return {}
@@ -175,8 +175,8 @@ def _target(r: Record, exact: bool, pod: str = "") -> Target:
         state, detail = procs.running_state(pid), ""
     else:
         state, detail = _stopped_state(r)
-    return Target(NAME, r.id, r.name, pid, r.image, pod or None, exact, state, detail,
-                  started, r.store.uid)  # fmt: skip
+    return Target(NAME, r.id, r.name, pid, image=r.image, namespace=pod or None, exact=exact,
+                  state=state, detail=detail, started=started, owner=r.store.uid)  # fmt: skip
 
 
 def as_user(uid: int, argv: list[str]) -> list[str]:
@@ -300,8 +300,8 @@ def list_running() -> list[Target]:
         pod_name = pod_names(r.store).get(pod, pod[:12]) if pod else ""
         # An infra container is listed as such, so that its runc twin is not listed either.
         state = "infra" if is_infra(r, pod) else procs.running_state(pid)
-        out.append(Target(NAME, r.id, r.name, pid, r.image, pod_name or None, True, state,
-                          "", started, r.store.uid))  # fmt: skip
+        out.append(Target(NAME, r.id, r.name, pid, image=r.image, namespace=pod_name or None,
+                          state=state, started=started, owner=r.store.uid))  # fmt: skip
     return out
 
 

@@ -66,7 +66,7 @@ def read_any_state(path: str) -> tuple[str, int, dict[str, str], str] | None:
 
 def _target(found: tuple[str, int, dict[str, str], str], exact: bool = True) -> Target:
     cid, pid, _, state = found
-    return Target(NAME, cid, cid, pid, "", None, exact, state)
+    return Target(NAME, cid, cid, pid, exact=exact, state=state)
 
 
 def list_running() -> list[Target]:

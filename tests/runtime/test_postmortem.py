@@ -480,7 +480,7 @@ def test_the_plans_say_what_they_do() -> None:
     from crashcart.attach import ownns, setup
     from crashcart.postmortem import session
 
-    layout = ownns.Layout(["/u", "/l"], [("/v", "/data")], "web", {}, False)
+    layout = ownns.Layout(["/u", "/l"], [("/v", "/data")], "web", {}, writable=False)
     words = [s.what for s in session.postmortem_steps(layout, tty=True)]
     assert any(w.startswith("unshare mnt uts ipc net cgroup pid") for w in words), words
     assert "overlay of the container's 2 layers (read-only, no upperdir), detached" in words

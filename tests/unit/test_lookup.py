@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from crashcart.errors import UsageError
-from crashcart.targets import _cgroup_id, dedupe, lxc, machine, podman
+from crashcart.targets import dedupe, lxc, machine, podman
 from crashcart.targets.model import Target, is_hex_id, matches, parse_spec
+from crashcart.targets.pid import cgroup_id
 
 HEX = "0123456789abcdef" * 4
 
@@ -107,8 +108,8 @@ def test_pod_names_from_bolt_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_cgroup_names_an_unknown_container() -> None:
-    assert _cgroup_id([("0", "", f"/kubepods/besteffort/pod1/crio-{HEX}.scope")]) == HEX
-    assert _cgroup_id([("1", "cpu", "/user.slice/session-2.scope")]) == ""
+    assert cgroup_id([("0", "", f"/kubepods/besteffort/pod1/crio-{HEX}.scope")]) == HEX
+    assert cgroup_id([("1", "cpu", "/user.slice/session-2.scope")]) == ""
 
 
 def test_dedupe_keeps_stopped_containers_apart() -> None:

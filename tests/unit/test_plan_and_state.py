@@ -29,7 +29,7 @@ def _nss(*foreign: str) -> ns.Namespaces:
 
 
 def test_session_steps_in_order() -> None:
-    steps = plan.steps(_nss("net", "uts", "ipc", "mnt", "pid", "user"), True)
+    steps = plan.steps(_nss("net", "uts", "ipc", "mnt", "pid", "user"), tty=True)
     whats = [s.what for s in steps]
     assert whats[0] == "setns ipc uts net" and whats[1] == "setns mnt"
     assert whats.index("pivot_root into the toolbox (ro, nosuid, nodev)") < whats.index(
@@ -46,12 +46,12 @@ def test_session_steps_in_order() -> None:
 
 
 def test_no_tty_no_shared_namespaces() -> None:
-    whats = [s.what for s in plan.steps(_nss(), False)]
+    whats = [s.what for s in plan.steps(_nss(), tty=False)]
     assert not any("cgroup" in w or "setns" in w or "devpts" in w for w in whats)
 
 
 def test_in_place_plan_mounts_nothing() -> None:
-    whats = [s.what for s in plan.steps(_nss("mnt", "net"), True, in_place=True)]
+    whats = [s.what for s in plan.steps(_nss("mnt", "net"), tty=True, in_place=True)]
     assert whats == [
         "setns net", "setns mnt", "enter the target's root (as nsenter -r does)",
         "a pty from a devpts instance mounted nowhere, master to the host",

@@ -308,7 +308,11 @@ def _files_diff(before: dict[str, FileInfo], after: dict[str, FileInfo]) -> list
 def diff(before: Snapshot, after: Snapshot) -> list[str]:
     """Every difference between two snapshots, as readable lines; empty when none."""
     out = []
-    if after.target is None or after.target != before.target:
+    # The same process: PID and start time (its cmdline may read empty while a just-started
+    # container's process is still exec'ing its command, measured once with podman).
+    same = before.target and after.target and (before.target.pid, before.target.starttime) == (
+        after.target.pid, after.target.starttime)  # fmt: skip
+    if not same:
         out += ["target:", f"  main process {before.target} is gone (now {after.target})"]
     out += _multiset_diff("host mounts", before.host_mounts, after.host_mounts)
     loops = [f"  + {d} -> {f}" for d, f in sorted(after.loops - before.loops)]

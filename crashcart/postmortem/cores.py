@@ -49,9 +49,13 @@ class Cores:
         ext = next((e for e in coredump.DECOMPRESS if e and newest.endswith(e)), "")
         tool, cmd = coredump.DECOMPRESS[ext]
         gdb = ["gdb", "-ex", "set sysroot /target", self.binary or "/target/BINARY", "/tmp/core"]
-        lines.append(f"open one with: {cmd} {newest} > /tmp/core && {shell_line(gdb)}"
+        # The file name carries the crashed process's comm, which the container chose:
+        # every word of a command the operator may paste is quoted.
+        unpack = shell_line([*cmd.split(), newest])
+        on_host = shell_line([*cmd.split(), f"{coredump.directory()}/{os.path.basename(newest)}"])
+        lines.append(f"open one with: {unpack} > /tmp/core && {shell_line(gdb)}"
                      f" (with the toolbox's {tool}; if it has none, decompress on the host: "
-                     f"{cmd} {coredump.directory()}/{os.path.basename(newest)})")  # fmt: skip
+                     f"{on_host})")  # fmt: skip
         return lines
 
     def as_json(self) -> dict[str, object]:

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from crashcart.errors import AmbiguousTarget, TargetError
 from crashcart.targets import containerd, crun, docker, k8s, lxc, machine, pid, podman, runc
-from crashcart.targets.model import PRIORITY, RUNTIMES, NotRunning, Spec, Target, parse_spec
+from crashcart.targets.model import (
+    PRIORITY,
+    RUNTIMES,
+    NoSuchProcess,
+    NotRunning,
+    Spec,
+    Target,
+    parse_spec,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -59,7 +67,7 @@ def resolve(spec: Spec) -> Target:
     if spec.runtime == "pid":
         try:
             return pid.target(int(spec.query), lambda s: _search(s)[0])
-        except TargetError:
+        except NoSuchProcess:
             if spec.text.startswith("pid://"):
                 raise
             # A bare number that is no live PID may be the prefix of a container's hex ID.

@@ -35,6 +35,10 @@ class NotRunning(TargetError):
     """The container exists but has no process to attach to (stopped, created, paused)."""
 
 
+class NoSuchProcess(TargetError):
+    """No process has the PID given."""
+
+
 RUNTIMES: tuple[str, ...] = (
     "docker", "k8s", "podman", "containerd", "lxc", "machine", "crun", "runc",
 )  # fmt: skip

@@ -7,7 +7,7 @@ from __future__ import annotations
 from crashcart.errors import TargetError
 from crashcart.linux import procfs
 from crashcart.targets import machine, procs
-from crashcart.targets.model import Spec, Target, is_hex_id
+from crashcart.targets.model import NoSuchProcess, Spec, Target, is_hex_id
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def target(pid: int, search: Callable[[Spec], list[Target]]) -> Target:
         comm = procfs.read_text(f"{procfs.PROC}/{pid}/comm").strip()
         cgroups = procfs.parse_cgroup(procfs.read_text(f"{procfs.PROC}/{pid}/cgroup"))
     except (FileNotFoundError, ProcessLookupError):
-        raise TargetError(f"no process with PID {pid}") from None
+        raise NoSuchProcess(f"no process with PID {pid}") from None
     for query in _hints(pid, cgroups):
         try:
             found = search(Spec(query, None, query))
